@@ -1,0 +1,84 @@
+// Autograd for attention_forward, in C++, so that the op is differentiable
+// from LibTorch with no Python in the loop. The backward recomputes the
+// probabilities from the saved logsumexp (and the dropout mask from the saved
+// rng_state): nothing of size L×S is kept between the passes.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace selfattn {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& query, const at::Tensor& key,
+                                                            const at::Tensor& value,
+                                                            const std::optional<at::Tensor>& attn_mask,
+                                                            double dropout_p, bool is_causal, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("selfattn::attention_forward", "")
+                       .typed<decltype(call_forward)>();
+  return op.call(query, key, value, attn_mask, dropout_p, is_causal, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_backward(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("selfattn::attention_backward", "")
+                       .typed<decltype(call_backward)>();
+  return op.call(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p, is_causal,
+                 scale, attn_mask_requires_grad);
+}
+
+class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& query, const at::Tensor& key,
+                               const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+                               double dropout_p, bool is_causal, double scale) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, logsumexp, rng_state] = call_forward(query, key, value, attn_mask, dropout_p, is_causal, scale);
+    const bool mask_grad = attn_mask.has_value() && attn_mask->requires_grad();
+    ctx->save_for_backward({query, key, value, attn_mask.value_or(at::Tensor()), output, logsumexp, rng_state});
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["mask_grad"] = mask_grad;
+    ctx->mark_non_differentiable({logsumexp, rng_state});
+    return {output, logsumexp, rng_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& query = saved[0];
+    const at::Tensor& key = saved[1];
+    const at::Tensor& value = saved[2];
+    const std::optional<at::Tensor> attn_mask = saved[3].defined() ? std::optional<at::Tensor>(saved[3]) : std::nullopt;
+    const at::Tensor& output = saved[4];
+    const bool mask_grad = ctx->saved_data["mask_grad"].toBool();
+
+    at::Tensor grad_output = grad_outputs[0];
+    if (!grad_output.defined()) grad_output = at::zeros_like(output);
+    auto [grad_query, grad_key, grad_value, grad_mask] =
+        call_backward(grad_output, query, key, value, attn_mask, output, saved[5], saved[6],
+                      ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
+                      ctx->saved_data["scale"].toDouble(), mask_grad);
+    return {grad_query, grad_key, grad_value, mask_grad ? grad_mask : at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_autograd(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale) {
+  auto outputs = AttentionFunction::apply(query, key, value, attn_mask, dropout_p, is_causal, scale);
+  return {outputs[0], outputs[1], outputs[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(selfattn, Autograd, m) { m.impl("attention_forward", &attention_forward_autograd); }
+
+}  // namespace selfattn

@@ -1,0 +1,147 @@
+#include "api/core_inputs.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+namespace selfattn {
+
+ElementType element_type(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kHalf: return ElementType::Float16;
+    case at::kBFloat16: return ElementType::BFloat16;
+    case at::kFloat: return ElementType::Float32;
+    case at::kDouble: return ElementType::Float64;
+    case at::kBool: return ElementType::Bool;
+    default: TORCH_CHECK(false, "selfattn: no kernel for dtype ", dtype);
+  }
+}
+
+at::ScalarType accumulator_type(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                       const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal) {
+  for (const auto& [name, t] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
+    TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D (batch, heads, length, dim), got ", t->dim(), "-D");
+    TORCH_CHECK(t->layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor, got ", t->layout());
+    TORCH_CHECK(t->device() == query.device(), op, ": query, key and value must be on one device, got query on ",
+                query.device(), " and ", name, " on ", t->device());
+    TORCH_CHECK(t->scalar_type() == query.scalar_type(), op, ": query, key and value must have one dtype, got query ",
+                query.scalar_type(), " and ", name, " ", t->scalar_type());
+  }
+  const auto dtype = query.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble, op,
+              ": query must be float16, bfloat16, float32 or float64, got ", dtype);
+  TORCH_CHECK(key.sym_size(0) == query.sym_size(0) && value.sym_size(0) == query.sym_size(0), op,
+              ": query, key and value must have one batch size, got ", query.sym_size(0), ", ", key.sym_size(0),
+              " and ", value.sym_size(0));
+  TORCH_CHECK(value.sym_size(1) == key.sym_size(1), op, ": key and value must have one head count, got ",
+              key.sym_size(1), " and ", value.sym_size(1));
+  TORCH_CHECK(key.sym_size(1) > 0 && query.sym_size(1) % key.sym_size(1) == 0, op, ": key's head count (",
+              key.sym_size(1), ") must divide query's (", query.sym_size(1), ")");
+  TORCH_CHECK(key.sym_size(3) == query.sym_size(3), op, ": key's last dim must equal query's (E), got ",
+              key.sym_size(3), " and ", query.sym_size(3));
+  TORCH_CHECK(value.sym_size(2) == key.sym_size(2), op, ": value's length must equal key's (S), got ",
+              value.sym_size(2), " and ", key.sym_size(2));
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op, ": dropout_p must be in [0, 1], got ", dropout_p);
+  if (!attn_mask.has_value()) return;
+
+  const at::Tensor& mask = *attn_mask;
+  TORCH_CHECK(!is_causal, op, ": attn_mask and is_causal=True cannot be given together");
+  TORCH_CHECK(mask.dim() == 4, op, ": attn_mask must be 4-D, got ", mask.dim(), "-D");
+  TORCH_CHECK(mask.layout() == at::kStrided, op, ": attn_mask must be a dense (strided) tensor");
+  TORCH_CHECK(mask.device() == query.device(), op, ": attn_mask must be on query's device ", query.device(),
+              ", got ", mask.device());
+  TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kFloat || mask.scalar_type() == dtype, op,
+              ": attn_mask must be bool, float32 or query's dtype (", dtype, "), got ", mask.scalar_type());
+  const c10::SymInt full[4] = {query.sym_size(0), query.sym_size(1), query.sym_size(2), key.sym_size(2)};
+  for (int d = 0; d < 4; ++d) {
+    TORCH_CHECK(mask.sym_size(d) == 1 || mask.sym_size(d) == full[d], op, ": attn_mask dim ", d, " must be 1 or ",
+                full[d], " to broadcast to (batch, Hq, L, S), got attn_mask of shape ", mask.sym_sizes());
+  }
+}
+
+void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& output,
+                                const at::Tensor& logsumexp, const at::Tensor& rng_state, const at::Tensor& query,
+                                const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+                                bool attn_mask_requires_grad) {
+  const char* op = "attention_backward";
+  const std::vector<c10::SymInt> out_shape = {query.sym_size(0), query.sym_size(1), query.sym_size(2),
+                                              value.sym_size(3)};
+  for (const auto& [name, t] : {std::pair{"grad_output", &grad_output}, {"output", &output}}) {
+    TORCH_CHECK(t->sym_sizes() == c10::SymIntArrayRef(out_shape), op, ": ", name, " must have shape ", out_shape,
+                " (batch, Hq, L, Ev), got ", t->sym_sizes());
+    TORCH_CHECK(t->scalar_type() == query.scalar_type() && t->device() == query.device(), op, ": ", name,
+                " must have query's dtype and device");
+    TORCH_CHECK(t->layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor");
+  }
+  TORCH_CHECK(logsumexp.sym_sizes() == c10::SymIntArrayRef(out_shape).slice(0, 3), op,
+              ": logsumexp must have shape (batch, Hq, L), got ", logsumexp.sym_sizes());
+  TORCH_CHECK(logsumexp.scalar_type() == accumulator_type(query.scalar_type()) && logsumexp.is_contiguous(), op,
+              ": logsumexp must be a contiguous ", accumulator_type(query.scalar_type()),
+              " tensor, as attention_forward returns it");
+  TORCH_CHECK(rng_state.numel() == 2 && rng_state.scalar_type() == at::kLong, op,
+              ": rng_state must be the 2-element int64 tensor that attention_forward returns");
+  TORCH_CHECK(!attn_mask_requires_grad || (attn_mask.has_value() && attn_mask->is_floating_point()), op,
+              ": attn_mask_requires_grad is set, so attn_mask must be a floating-point tensor");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(const at::Tensor& query,
+                                                                        const at::Tensor& value) {
+  const auto B = query.sym_size(0), Hq = query.sym_size(1), L = query.sym_size(2);
+  auto output = at::empty_symint({B, Hq, L, value.sym_size(3)}, query.options());
+  auto logsumexp = at::empty_symint({B, Hq, L}, query.options().dtype(accumulator_type(query.scalar_type())));
+  auto rng_state = at::empty({2}, query.options().dtype(at::kLong));
+  return {output, logsumexp, rng_state};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_backward_outputs(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, bool attn_mask_requires_grad) {
+  const bool mask_grad = attn_mask_requires_grad && attn_mask.has_value();
+  auto grad_mask = mask_grad ? at::empty_symint(attn_mask->sym_sizes(), attn_mask->options())
+                             : at::empty({0}, query.options());
+  return {at::empty_symint(query.sym_sizes(), query.options()), at::empty_symint(key.sym_sizes(), key.options()),
+          at::empty_symint(value.sym_sizes(), value.options()), grad_mask};
+}
+
+TensorView tensor_view(const at::Tensor& t) {
+  return TensorView{const_cast<void*>(t.data_ptr()), Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
+}
+
+AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+                            const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale) {
+  AttentionParams p;
+  p.dtype = element_type(query.scalar_type());
+  p.batch = query.size(0);
+  p.q_heads = query.size(1);
+  p.kv_heads = key.size(1);
+  p.q_len = query.size(2);
+  p.kv_len = key.size(2);
+  p.head_dim = query.size(3);
+  p.value_dim = value.size(3);
+  p.q = tensor_view(query);
+  p.k = tensor_view(key);
+  p.v = tensor_view(value);
+  p.out = tensor_view(output);
+  p.logsumexp = logsumexp.data_ptr();
+  if (attn_mask.has_value()) {
+    const at::Tensor& mask = *attn_mask;
+    p.mask_kind = mask.scalar_type() == at::kBool ? MaskKind::Boolean : MaskKind::Additive;
+    p.mask_dtype = element_type(mask.scalar_type());
+    // Expanding gives the broadcast dimensions stride 0: a view, no copy.
+    p.mask = tensor_view(mask.expand({p.batch, p.q_heads, p.q_len, p.kv_len}));
+    p.mask_batch = mask.size(0);
+    p.mask_heads = mask.size(1);
+    p.mask_rows = mask.size(2);
+    p.mask_cols = mask.size(3);
+  }
+  p.causal = is_causal;
+  p.scale = scale;
+  p.dropout.p = dropout_p;  // the backend fills in the seed and offset from its rng_state
+  return p;
+}
+
+}  // namespace selfattn

@@ -1,0 +1,50 @@
+// What every backend of the core ops shares: the argument checks, the
+// output allocation (symbolic sizes, so the Meta kernels use it too), and the
+// translation of tensors into the plain parameter structs of the kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+#include "common/attention_params.h"
+
+namespace selfattn {
+
+// Checks the arguments of attention_forward / attention_backward, with
+// messages that name the offending argument.
+void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                       const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal);
+
+// The extra arguments of attention_backward: what the forward returned and
+// the gradient of its output.
+void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& output,
+                                const at::Tensor& logsumexp, const at::Tensor& rng_state, const at::Tensor& query,
+                                const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+                                bool attn_mask_requires_grad);
+
+// float32 for reduced-precision and float32 inputs, float64 for float64.
+at::ScalarType accumulator_type(at::ScalarType dtype);
+
+// (output, logsumexp, rng_state), uninitialised.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(const at::Tensor& query,
+                                                                        const at::Tensor& value);
+
+// (grad_query, grad_key, grad_value, grad_attn_mask), uninitialised.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_backward_outputs(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, bool attn_mask_requires_grad);
+
+// The parameters of one call, all but the dropout seed and offset, which
+// each backend keeps in its own way.
+AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+                            const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale);
+
+// A 4-D tensor as the kernels see it.
+TensorView tensor_view(const at::Tensor& t);
+
+ElementType element_type(at::ScalarType dtype);
+
+}  // namespace selfattn

@@ -1,0 +1,35 @@
+// Shapes only, for fake tensors and torch.compile. The sizes stay symbolic,
+// so dynamic shapes trace through.
+#include <torch/library.h>
+
+#include "api/core_inputs.h"
+
+namespace selfattn {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_meta(const at::Tensor& query, const at::Tensor& key,
+                                                                      const at::Tensor& value,
+                                                                      const std::optional<at::Tensor>& attn_mask,
+                                                                      double dropout_p, bool is_causal, double scale) {
+  check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal);
+  return allocate_forward_outputs(query, value);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_meta(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
+  check_core_inputs("attention_backward", query, key, value, attn_mask, dropout_p, is_causal);
+  check_core_backward_inputs(grad_output, output, logsumexp, rng_state, query, value, attn_mask,
+                             attn_mask_requires_grad);
+  return allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(selfattn, Meta, m) {
+  m.impl("attention_forward", &attention_forward_meta);
+  m.impl("attention_backward", &attention_backward_meta);
+}
+
+}  // namespace selfattn

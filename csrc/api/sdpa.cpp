@@ -1,0 +1,209 @@
+// torch.nn.functional.scaled_dot_product_attention's semantics on top of the
+// core ops. PyTorch's reference path is a pair of broadcasting matmuls, so its
+// inputs may have any number of batch dims, broadcast against each other, and
+// a mask that broadcasts to the scores. This file reduces all of that to the
+// 4-D (batch, heads, length, dim) form of attention_forward, with views where
+// it can, and leaves the gradient of every reshaping to autograd.
+//
+// Registered as CompositeImplicitAutograd: it is differentiable through the
+// autograd kernel of attention_forward, and torch.compile traces through it.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace selfattn {
+namespace {
+
+using SymShape = c10::SymDimVector;
+
+constexpr const char* kOp = "scaled_dot_product_attention";
+
+SymShape shape_of(c10::SymIntArrayRef sizes) { return SymShape(sizes.begin(), sizes.end()); }
+
+SymShape slice(c10::SymIntArrayRef sizes, int64_t begin, int64_t end) {
+  return SymShape(sizes.begin() + begin, sizes.begin() + end);
+}
+
+SymShape concat(SymShape a, std::initializer_list<c10::SymInt> tail) {
+  a.insert(a.end(), tail.begin(), tail.end());
+  return a;
+}
+
+c10::SymInt product(const SymShape& shape) {
+  c10::SymInt p = 1;
+  for (const auto& s : shape) p = p * s;
+  return p;
+}
+
+// Broadcasts two shapes (aligned at the right) as matmul broadcasts its batch
+// dims, naming both arguments when they do not fit.
+SymShape broadcast(const SymShape& a, const char* a_name, const SymShape& b, const char* b_name) {
+  const size_t n = std::max(a.size(), b.size());
+  SymShape out(n, 1);
+  for (size_t i = 0; i < n; ++i) {
+    const c10::SymInt x = i < n - a.size() ? c10::SymInt(1) : a[i - (n - a.size())];
+    const c10::SymInt y = i < n - b.size() ? c10::SymInt(1) : b[i - (n - b.size())];
+    TORCH_CHECK(x == 1 || y == 1 || x == y, kOp, ": the batch dims of ", a_name, " ", c10::SymIntArrayRef(a),
+                " and ", b_name, " ", c10::SymIntArrayRef(b),
+                " do not broadcast (for fewer key/value heads than query heads, pass enable_gqa=True)");
+    out[i] = x == 1 ? y : x;
+  }
+  return out;
+}
+
+void check_arguments(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal) {
+  for (const auto& [name, t] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
+    TORCH_CHECK(!t->is_nested(), kOp, ": ", name, " is a nested tensor, which torch_selfattn does not take");
+    TORCH_CHECK(t->layout() == at::kStrided, kOp, ": ", name, " must be a dense (strided) tensor, got layout ",
+                t->layout());
+    TORCH_CHECK(t->dim() >= 2, kOp, ": ", name, " must be at least 2-D (..., length, dim), got shape ",
+                t->sym_sizes());
+    TORCH_CHECK_NOT_IMPLEMENTED(!t->is_complex(), kOp, ": ", name, " is complex (", t->scalar_type(),
+                                "); attention is defined for float16, bfloat16, float32 and float64");
+    TORCH_CHECK(at::isFloatingType(t->scalar_type()), kOp, ": ", name,
+                " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
+  }
+  TORCH_CHECK(key.scalar_type() == query.scalar_type() && value.scalar_type() == query.scalar_type(), kOp,
+              ": query, key and value must have the same dtype, got query ", query.scalar_type(), ", key ",
+              key.scalar_type(), " and value ", value.scalar_type());
+  TORCH_CHECK(key.device() == query.device() && value.device() == query.device(), kOp,
+              ": query, key and value must be on the same device, got query on ", query.device(), ", key on ",
+              key.device(), " and value on ", value.device());
+  TORCH_CHECK(key.sym_size(-1) == query.sym_size(-1), kOp,
+              ": key's last dim must equal query's (the embedding dim E), got key ", key.sym_sizes(), " and query ",
+              query.sym_sizes());
+  TORCH_CHECK(value.sym_size(-2) == key.sym_size(-2), kOp,
+              ": value's dim -2 must equal key's (the key length S), got value ", value.sym_sizes(), " and key ",
+              key.sym_sizes());
+  TORCH_CHECK(!(dropout_p > 1.0), kOp, ": dropout_p must be a probability in [0, 1], got ", dropout_p);
+  if (!attn_mask.has_value()) return;
+
+  const at::Tensor& mask = *attn_mask;
+  TORCH_CHECK(!is_causal, kOp, ": attn_mask and is_causal=True cannot be given together; fold the causal mask "
+              "into attn_mask instead");
+  TORCH_CHECK(!mask.is_nested() && mask.layout() == at::kStrided, kOp, ": attn_mask must be a dense (strided) tensor");
+  TORCH_CHECK(mask.dim() >= 2, kOp, ": attn_mask must be at least 2-D (..., L, S), got shape ", mask.sym_sizes());
+  TORCH_CHECK(mask.device() == query.device(), kOp, ": attn_mask must be on query's device (", query.device(),
+              "), got ", mask.device());
+  TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kFloat ||
+                  mask.scalar_type() == query.scalar_type(),
+              kOp, ": attn_mask must be bool, float32 or query's dtype (", query.scalar_type(), "), got ",
+              mask.scalar_type());
+}
+
+// The mask as attention_forward takes it: 4-D, each dim 1 or that of
+// (batch, Hq, L, S). Size-1 dims stay size 1, so a small mask stays small;
+// only a mask that broadcasts over some leading batch dims but not all of
+// them is expanded over them.
+at::Tensor mask_as_4d(const at::Tensor& mask, const SymShape& out_batch, const c10::SymInt& L,
+                      const c10::SymInt& S) {
+  const SymShape scores = concat(out_batch, {L, S});
+  TORCH_CHECK(mask.dim() <= static_cast<int64_t>(scores.size()), kOp, ": attn_mask of shape ", mask.sym_sizes(),
+              " has more dims than the attention scores (", c10::SymIntArrayRef(scores), ")");
+  const int64_t pad = scores.size() - mask.dim();
+  SymShape padded(pad, 1);
+  for (const auto& s : mask.sym_sizes()) padded.push_back(s);
+  for (size_t d = 0; d < scores.size(); ++d) {
+    TORCH_CHECK(padded[d] == 1 || padded[d] == scores[d], kOp, ": attn_mask of shape ", mask.sym_sizes(),
+                " does not broadcast to the attention scores (..., Hq, L, S) = ", c10::SymIntArrayRef(scores));
+  }
+  at::Tensor m = mask.view_symint(padded);
+  // Leading dims (all but heads, L, S) fold into one batch dim.
+  const int64_t lead = static_cast<int64_t>(scores.size()) - 3;
+  bool all_one = true, all_full = true;
+  for (int64_t d = 0; d < lead; ++d) {
+    all_one = all_one && padded[d] == 1;
+    all_full = all_full && padded[d] == scores[d];
+  }
+  SymShape tail = slice(padded, lead, padded.size());
+  if (!all_one && !all_full) {
+    m = m.expand_symint(concat(slice(scores, 0, lead), {tail[0], tail[1], tail[2]}));
+  }
+  const c10::SymInt batch = all_one ? c10::SymInt(1) : product(slice(scores, 0, lead));
+  return m.reshape_symint({batch, tail[0], tail[1], tail[2]});
+}
+
+// Folds the batch dims of a (..., heads, length, dim) tensor into one.
+at::Tensor as_4d(const at::Tensor& t, const SymShape& batch, const c10::SymInt& heads) {
+  const SymShape target = concat(batch, {heads, t.sym_size(-2), t.sym_size(-1)});
+  return t.expand_symint(target).reshape_symint(
+      {product(batch), heads, t.sym_size(-2), t.sym_size(-1)});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& query, const at::Tensor& key,
+                                                            const at::Tensor& value,
+                                                            const std::optional<at::Tensor>& attn_mask,
+                                                            double dropout_p, bool is_causal, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("selfattn::attention_forward", "")
+                       .typed<decltype(call_forward)>();
+  return op.call(query, key, value, attn_mask, dropout_p, is_causal, scale);
+}
+
+at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                        const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                                        bool is_causal, std::optional<double> scale, bool enable_gqa) {
+  check_arguments(query, key, value, attn_mask, dropout_p, is_causal);
+  const c10::SymInt L = query.sym_size(-2), S = key.sym_size(-2);
+
+  // The output's batch dims: those of q, k and v broadcast together. With
+  // enable_gqa the head dim (-3) is exempt: key and value may have fewer
+  // heads, each count dividing query's.
+  const bool grouped = enable_gqa && query.dim() >= 3 && key.dim() >= 3 && value.dim() >= 3;
+  at::Tensor k = key, v = value;
+  SymShape outer;
+  c10::SymInt q_heads, kv_heads;
+  if (grouped) {
+    q_heads = query.sym_size(-3);
+    for (const auto& [name, t] : {std::pair{"key", &key}, {"value", &value}}) {
+      const c10::SymInt heads = t->sym_size(-3);
+      TORCH_CHECK(heads > 0 && q_heads % heads == 0, kOp, ": with enable_gqa, ", name, "'s head count (dim -3, ",
+                  heads, ") must divide query's (", q_heads, ")");
+    }
+    outer = broadcast(broadcast(slice(query.sym_sizes(), 0, query.dim() - 3), "query",
+                                slice(key.sym_sizes(), 0, key.dim() - 3), "key"),
+                      "query and key", slice(value.sym_sizes(), 0, value.dim() - 3), "value");
+    kv_heads = key.sym_size(-3);
+    if (value.sym_size(-3) != kv_heads) {
+      // Key and value grouped differently: give both query's head count.
+      k = key.repeat_interleave_symint(q_heads / kv_heads, -3);
+      v = value.repeat_interleave_symint(q_heads / value.sym_size(-3), -3);
+      kv_heads = q_heads;
+    }
+  } else {
+    SymShape batch = broadcast(broadcast(slice(query.sym_sizes(), 0, query.dim() - 2), "query",
+                                         slice(key.sym_sizes(), 0, key.dim() - 2), "key"),
+                               "query and key", slice(value.sym_sizes(), 0, value.dim() - 2), "value");
+    if (batch.empty()) batch.push_back(1);  // 2-D inputs: one batch of one head
+    q_heads = kv_heads = batch.back();
+    outer = slice(batch, 0, batch.size() - 1);
+  }
+  const SymShape out_batch = concat(outer, {q_heads});
+
+  const double softmax_scale =
+      scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(query.sym_size(-1).guard_int(__FILE__, __LINE__)));
+  std::optional<at::Tensor> mask4;
+  if (attn_mask.has_value()) mask4 = mask_as_4d(*attn_mask, out_batch, L, S);
+  // PyTorch applies dropout only for p > 0, and so takes p <= 0 as no dropout.
+  const double p = dropout_p > 0.0 ? dropout_p : 0.0;
+
+  auto [out, logsumexp, rng_state] =
+      call_forward(as_4d(query, outer, q_heads), as_4d(k, outer, kv_heads), as_4d(v, outer, kv_heads), mask4, p,
+                   is_causal, softmax_scale);
+  SymShape out_shape = concat(outer, {q_heads, L, value.sym_size(-1)});
+  // 2-D and broadcast-free 3-D inputs give outputs of their own rank.
+  const int64_t out_rank = std::max({query.dim(), key.dim(), value.dim()});
+  out_shape.erase(out_shape.begin(), out_shape.end() - out_rank);
+  return out.view_symint(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(selfattn, CompositeImplicitAutograd, m) {
+  m.impl("scaled_dot_product_attention", &scaled_dot_product_attention);
+}
+
+}  // namespace selfattn

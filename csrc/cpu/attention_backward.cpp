@@ -1,0 +1,225 @@
+// FlashAttention backward on the CPU. The probabilities are recomputed tile
+// by tile from the forward's logsumexp, and dS = P ∘ (dP − D) with
+// D = rowsum(dO ∘ O). The work is split in two passes so that every output
+// element has exactly one writer, which keeps the result deterministic and
+// needs neither atomics nor per-thread copies of the gradients:
+//   - the query pass owns tiles of query rows and writes dQ (and dMask);
+//   - the key pass owns tiles of key columns and writes dK and dV, summing
+//     over the query heads that share the key/value head (GQA).
+#include <ATen/Parallel.h>
+
+#include "cpu/dispatch_dtype.h"
+#include "cpu/kernels.h"
+#include "cpu/tile_ops.h"
+
+namespace selfattn::cpu {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename acc_t>
+struct BackwardWorkspace {
+  Scratch<acc_t> q, grad_out, k, v, probs, grad_scores, dropout, dropped_probs, grad_acc, grad_acc2, lse, delta;
+
+  explicit BackwardWorkspace(const AttentionParams& p)
+      : q(kQueryTile * p.head_dim),
+        grad_out(kQueryTile * p.value_dim),
+        k(kKeyTile * p.head_dim),
+        v(kKeyTile * p.value_dim),
+        probs(kQueryTile * kKeyTile),
+        grad_scores(kQueryTile * kKeyTile),
+        dropout(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
+        dropped_probs(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
+        grad_acc(std::max(kQueryTile, kKeyTile) * std::max(p.head_dim, p.value_dim)),
+        grad_acc2(kKeyTile * p.value_dim),
+        lse(kQueryTile),
+        delta(kQueryTile) {}
+};
+
+// Loads everything a tile of query rows brings to the backward: scale·Q, dO,
+// and the per-row logsumexp and D.
+template <typename scalar_t, typename acc_t>
+void load_query_side(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
+                     BackwardWorkspace<acc_t>& ws) {
+  const AttentionParams& p = bp.fwd;
+  load_tile<scalar_t>(p.q, b, h, row0, rows, p.head_dim, ws.q.data(), p.head_dim, static_cast<acc_t>(p.scale));
+  load_tile<scalar_t>(bp.grad_out, b, h, row0, rows, p.value_dim, ws.grad_out.data(), p.value_dim);
+  const int64_t row_index = (b * p.q_heads + h) * p.q_len + row0;
+  std::copy_n(static_cast<const acc_t*>(p.logsumexp) + row_index, rows, ws.lse.data());
+  std::copy_n(static_cast<const acc_t*>(bp.delta) + row_index, rows, ws.delta.data());
+}
+
+template <typename scalar_t, typename acc_t>
+void load_key_side(const AttentionParams& p, int64_t b, int64_t kv_head, int64_t col0, int64_t cols,
+                   BackwardWorkspace<acc_t>& ws) {
+  load_tile<scalar_t>(p.k, b, kv_head, col0, cols, p.head_dim, ws.k.data(), p.head_dim);
+  load_tile<scalar_t>(p.v, b, kv_head, col0, cols, p.value_dim, ws.v.data(), p.value_dim);
+}
+
+// With the query side and the key side of tile t loaded, recomputes the
+// probabilities P (before dropout) into ws.probs and the score gradient
+// dS = P ∘ (Z ∘ dO·Vᵀ − D) into ws.grad_scores, Z being the dropout
+// multipliers (left in ws.dropout).
+template <typename acc_t>
+void score_gradients(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws) {
+  acc_t* probs = ws.probs.data();
+  acc_t* ds = ws.grad_scores.data();
+  compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kKeyTile);
+  probabilities_from_logsumexp(t, ws.lse.data(), probs, kKeyTile);
+
+  fill_tile(ds, kKeyTile, t.rows, t.cols, acc_t(0));
+  gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, ds, kKeyTile);
+  if (p.dropout.enabled()) {
+    dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
+    multiply_tile(ds, ws.dropout.data(), kKeyTile, t.rows, t.cols);
+  }
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const acc_t d = ws.delta.data()[r];
+    for (int64_t c = 0; c < t.cols; ++c) ds[r * kKeyTile + c] = probs[r * kKeyTile + c] * (ds[r * kKeyTile + c] - d);
+  }
+}
+
+// D = rowsum(dO ∘ O) for every query row.
+template <typename scalar_t, typename acc_t>
+void compute_delta(const AttentionBackwardParams& bp) {
+  const AttentionParams& p = bp.fwd;
+  const int64_t heads = p.batch * p.q_heads;
+  at::parallel_for(0, heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t head = begin; head < end; ++head) {
+      const int64_t b = head / p.q_heads, h = head % p.q_heads;
+      const auto* dout = static_cast<const scalar_t*>(bp.grad_out.data);
+      const auto* out = static_cast<const scalar_t*>(p.out.data);
+      auto* delta = static_cast<acc_t*>(bp.delta) + head * p.q_len;
+      for (int64_t i = 0; i < p.q_len; ++i) {
+        acc_t sum = 0;
+        for (int64_t e = 0; e < p.value_dim; ++e) {
+          sum += static_cast<acc_t>(dout[bp.grad_out.stride.offset(b, h, i, e)]) *
+                 static_cast<acc_t>(out[p.out.stride.offset(b, h, i, e)]);
+        }
+        delta[i] = sum;
+      }
+    }
+  });
+}
+
+// The query pass. A task owns a block of the mask gradient: where the mask
+// broadcasts over batch, heads or rows, the task walks every (b, h, row tile)
+// that the block sums over, so no two tasks write the same element.
+template <typename scalar_t, typename acc_t>
+void query_pass(const AttentionBackwardParams& bp) {
+  const AttentionParams& p = bp.fwd;
+  const bool mask_grad = bp.grad_mask.data != nullptr;
+  const int64_t q_tiles = ceil_div(p.q_len, kQueryTile);
+  const int64_t task_batches = mask_grad ? p.mask_batch : p.batch;
+  const int64_t task_heads = mask_grad ? p.mask_heads : p.q_heads;
+  const int64_t task_tiles = mask_grad && p.mask_rows == 1 ? 1 : q_tiles;
+  const int64_t mask_tile_rows = p.mask_rows == 1 ? 1 : kQueryTile;
+
+  at::parallel_for(0, task_batches * task_heads * task_tiles, 1, [&](int64_t begin, int64_t end) {
+    BackwardWorkspace<acc_t> ws(p);
+    Scratch<acc_t> grad_mask(mask_grad ? mask_tile_rows * p.mask_cols : 0);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tb = task / (task_heads * task_tiles), th = (task / task_tiles) % task_heads;
+      const int64_t tt = task % task_tiles;
+      // The ranges this task sums over: one index where it does not broadcast.
+      const int64_t b_begin = task_batches == p.batch ? tb : 0, b_end = task_batches == p.batch ? tb + 1 : p.batch;
+      const int64_t h_begin = task_heads == p.q_heads ? th : 0, h_end = task_heads == p.q_heads ? th + 1 : p.q_heads;
+      const int64_t t_begin = task_tiles == q_tiles ? tt : 0, t_end = task_tiles == q_tiles ? tt + 1 : q_tiles;
+      std::fill(grad_mask.storage.begin(), grad_mask.storage.end(), acc_t(0));
+
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        for (int64_t h = h_begin; h < h_end; ++h) {
+          for (int64_t tile = t_begin; tile < t_end; ++tile) {
+            const int64_t row0 = tile * kQueryTile, rows = std::min(kQueryTile, p.q_len - row0);
+            const int64_t kv_head = h / p.group_size();
+            acc_t* dq = ws.grad_acc.data();
+            load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
+            fill_tile(dq, p.head_dim, rows, p.head_dim, acc_t(0));
+            const int64_t visible = visible_key_columns(p, row0, rows);
+            for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
+              const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
+              load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
+              score_gradients(p, t, ws);
+              const acc_t* ds = ws.grad_scores.data();
+              if (mask_grad) {
+                for (int64_t r = 0; r < rows; ++r) {
+                  acc_t* gm = grad_mask.data() + (p.mask_rows == 1 ? 0 : r) * p.mask_cols;
+                  for (int64_t c = 0; c < t.cols; ++c) gm[p.mask_cols == 1 ? 0 : col0 + c] += ds[r * kKeyTile + c];
+                }
+              }
+              gemm_ab(rows, p.head_dim, t.cols, ds, kKeyTile, ws.k.data(), p.head_dim, dq, p.head_dim);
+            }
+            // dQ = scale · dS·K; the scale was folded into Q, not into K.
+            store_tile<scalar_t>(dq, p.head_dim, bp.grad_q, b, h, row0, rows, p.head_dim,
+                                 static_cast<acc_t>(p.scale));
+          }
+        }
+      }
+      if (mask_grad) {
+        const int64_t row0 = p.mask_rows == 1 ? 0 : tt * kQueryTile;
+        const int64_t rows = p.mask_rows == 1 ? 1 : std::min(kQueryTile, p.q_len - row0);
+        store_tile_as(p.mask_dtype, grad_mask.data(), p.mask_cols, bp.grad_mask, tb, th, row0, rows, p.mask_cols);
+      }
+    }
+  });
+}
+
+// The key pass: a task owns one tile of key columns of one key/value head
+// and accumulates dK and dV over every query head of its group and every
+// query row that sees the tile.
+template <typename scalar_t, typename acc_t>
+void key_pass(const AttentionBackwardParams& bp) {
+  const AttentionParams& p = bp.fwd;
+  const int64_t k_tiles = ceil_div(p.kv_len, kKeyTile);
+  at::parallel_for(0, p.batch * p.kv_heads * k_tiles, 1, [&](int64_t begin, int64_t end) {
+    BackwardWorkspace<acc_t> ws(p);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (p.kv_heads * k_tiles), kv_head = (task / k_tiles) % p.kv_heads;
+      const int64_t col0 = (task % k_tiles) * kKeyTile, cols = std::min(kKeyTile, p.kv_len - col0);
+      acc_t* dk = ws.grad_acc.data();
+      acc_t* dv = ws.grad_acc2.data();
+      load_key_side<scalar_t>(p, b, kv_head, col0, cols, ws);
+      fill_tile(dk, p.head_dim, cols, p.head_dim, acc_t(0));
+      fill_tile(dv, p.value_dim, cols, p.value_dim, acc_t(0));
+
+      const int64_t first_tile = first_row_seeing(p, col0) / kQueryTile;
+      for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
+        for (int64_t row0 = first_tile * kQueryTile; row0 < p.q_len; row0 += kQueryTile) {
+          const TileCoord t{b, h, row0, std::min(kQueryTile, p.q_len - row0), col0, cols};
+          load_query_side<scalar_t>(bp, b, h, row0, t.rows, ws);
+          score_gradients(p, t, ws);
+          const acc_t* probs = ws.probs.data();
+          if (p.dropout.enabled()) {  // dV takes the probabilities that multiplied V: the dropped ones
+            acc_t* dropped = ws.dropped_probs.data();
+            for (int64_t r = 0; r < t.rows; ++r) std::copy_n(probs + r * kKeyTile, cols, dropped + r * kKeyTile);
+            multiply_tile(dropped, ws.dropout.data(), kKeyTile, t.rows, cols);
+            probs = dropped;
+          }
+          gemm_atb(cols, p.value_dim, t.rows, probs, kKeyTile, ws.grad_out.data(), p.value_dim, dv, p.value_dim);
+          // dK = scale · dSᵀ·Q = dSᵀ·(scale·Q), and the loaded Q tile is already scaled.
+          gemm_atb(cols, p.head_dim, t.rows, ws.grad_scores.data(), kKeyTile, ws.q.data(), p.head_dim, dk,
+                   p.head_dim);
+        }
+      }
+      store_tile<scalar_t>(dk, p.head_dim, bp.grad_k, b, kv_head, col0, cols, p.head_dim);
+      store_tile<scalar_t>(dv, p.value_dim, bp.grad_v, b, kv_head, col0, cols, p.value_dim);
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+struct BackwardKernel {
+  static void run(const AttentionBackwardParams& bp) {
+    compute_delta<scalar_t, acc_t>(bp);
+    query_pass<scalar_t, acc_t>(bp);
+    key_pass<scalar_t, acc_t>(bp);
+  }
+};
+
+}  // namespace
+
+void attention_backward(const AttentionBackwardParams& params) {
+  dispatch_dtype<BackwardKernel>(params, params.fwd.dtype);
+}
+
+}  // namespace selfattn::cpu

@@ -1,0 +1,77 @@
+// The CPU kernels of the core ops: check, allocate, fill the parameter
+// structs, run the kernels of csrc/cpu/.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <mutex>
+
+#include "api/core_inputs.h"
+#include "cpu/kernels.h"
+
+namespace selfattn {
+namespace {
+
+// Draws the dropout seed and offset from PyTorch's default CPU generator, so
+// that torch.manual_seed makes dropout reproducible.
+void draw_dropout_state(at::Tensor& rng_state) {
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(std::nullopt, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  auto* state = rng_state.data_ptr<int64_t>();
+  state[0] = static_cast<int64_t>(gen->random64());
+  state[1] = static_cast<int64_t>(gen->random64());
+}
+
+void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout) {
+  const auto* state = rng_state.const_data_ptr<int64_t>();
+  dropout.seed = static_cast<uint64_t>(state[0]);
+  dropout.offset = static_cast<uint64_t>(state[1]);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& query, const at::Tensor& key,
+                                                                     const at::Tensor& value,
+                                                                     const std::optional<at::Tensor>& attn_mask,
+                                                                     double dropout_p, bool is_causal, double scale) {
+  check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal);
+  auto [output, logsumexp, rng_state] = allocate_forward_outputs(query, value);
+  rng_state.zero_();
+  if (dropout_p > 0.0) draw_dropout_state(rng_state);
+
+  AttentionParams params = make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale);
+  read_dropout_state(rng_state, params.dropout);
+  cpu::attention_forward(params);
+  return {output, logsumexp, rng_state};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
+  check_core_inputs("attention_backward", query, key, value, attn_mask, dropout_p, is_causal);
+  check_core_backward_inputs(grad_output, output, logsumexp, rng_state, query, value, attn_mask,
+                             attn_mask_requires_grad);
+  auto [grad_query, grad_key, grad_value, grad_mask] =
+      allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
+  auto delta = at::empty(logsumexp.sizes(), logsumexp.options());
+
+  AttentionBackwardParams params;
+  params.fwd = make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale);
+  read_dropout_state(rng_state, params.fwd.dropout);
+  params.grad_out = tensor_view(grad_output);
+  params.grad_q = tensor_view(grad_query);
+  params.grad_k = tensor_view(grad_key);
+  params.grad_v = tensor_view(grad_value);
+  if (attn_mask_requires_grad) params.grad_mask = tensor_view(grad_mask);
+  params.delta = delta.data_ptr();
+  cpu::attention_backward(params);
+  return {grad_query, grad_key, grad_value, grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(selfattn, CPU, m) {
+  m.impl("attention_forward", &attention_forward_cpu);
+  m.impl("attention_backward", &attention_backward_cpu);
+}
+
+}  // namespace selfattn

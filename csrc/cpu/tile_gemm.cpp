@@ -1,0 +1,105 @@
+#include "cpu/tile_gemm.h"
+
+#include <cstdlib>
+#include <cstring>
+
+// PyTorch's CPU library exports the Fortran BLAS entry points of the BLAS it
+// was built with (MKL on x86-64 wheels). They are declared weak, so a torch
+// build without them leaves these null and the portable loops below run.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace selfattn::cpu {
+namespace {
+
+// TORCH_SELFATTN_PORTABLE_GEMM=1 forces the portable loops, so that the tests
+// can check them on a machine that has a BLAS. Read once: kernels stay
+// free of mutable global state.
+bool blas_disabled_by_env() {
+  static const bool disabled = [] {
+    const char* v = std::getenv("TORCH_SELFATTN_PORTABLE_GEMM");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return disabled;
+}
+
+bool have_blas(const float*) { return sgemm_ != nullptr && !blas_disabled_by_env(); }
+bool have_blas(const double*) { return dgemm_ != nullptr && !blas_disabled_by_env(); }
+
+void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+               float* c, int ldc) {
+  const float one = 1.0f;
+  sgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &one, c, &ldc);
+}
+
+void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
+               double* c, int ldc) {
+  const double one = 1.0;
+  dgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &one, c, &ldc);
+}
+
+// Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so every call
+// below swaps the operands and passes the row-major tiles as they lie.
+template <typename T>
+void column_major_gemm(const char* trans_b, const char* trans_a, int64_t m, int64_t n, int64_t k, const T* a,
+                       int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  blas_gemm(trans_b, trans_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), b,
+            static_cast<int>(ldb), a, static_cast<int>(lda), c, static_cast<int>(ldc));
+}
+
+}  // namespace
+
+template <typename T>
+void gemm_abt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  if (m == 0 || n == 0 || k == 0) return;
+  if (have_blas(a)) return column_major_gemm("T", "N", m, n, k, a, lda, b, ldb, c, ldc);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      T sum = 0;
+      for (int64_t p = 0; p < k; ++p) sum += a[i * lda + p] * b[j * ldb + p];
+      c[i * ldc + j] += sum;
+    }
+  }
+}
+
+template <typename T>
+void gemm_ab(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  if (m == 0 || n == 0 || k == 0) return;
+  if (have_blas(a)) return column_major_gemm("N", "N", m, n, k, a, lda, b, ldb, c, ldc);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t p = 0; p < k; ++p) {
+      const T a_ip = a[i * lda + p];
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += a_ip * b[p * ldb + j];
+    }
+  }
+}
+
+template <typename T>
+void gemm_atb(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  if (m == 0 || n == 0 || k == 0) return;
+  if (have_blas(a)) return column_major_gemm("N", "T", m, n, k, a, lda, b, ldb, c, ldc);
+  for (int64_t p = 0; p < k; ++p) {
+    for (int64_t i = 0; i < m; ++i) {
+      const T a_pi = a[p * lda + i];
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += a_pi * b[p * ldb + j];
+    }
+  }
+}
+
+bool tile_gemm_uses_blas() { return have_blas(static_cast<const float*>(nullptr)); }
+
+#define SELFATTN_INSTANTIATE_GEMMS(T)                                                                         \
+  template void gemm_abt<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t); \
+  template void gemm_ab<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t);  \
+  template void gemm_atb<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t);
+SELFATTN_INSTANTIATE_GEMMS(float)
+SELFATTN_INSTANTIATE_GEMMS(double)
+#undef SELFATTN_INSTANTIATE_GEMMS
+
+}  // namespace selfattn::cpu

@@ -1,0 +1,194 @@
+// Named operations on the packed tiles of the CPU kernels. A tile is a
+// row-major block of rows × cols elements in the accumulator type, with
+// leading dimension `ld`. The kernels in attention_forward.cpp and
+// attention_backward.cpp are written in terms of these.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/attention_params.h"
+#include "common/philox.h"
+#include "cpu/tile_gemm.h"
+
+namespace selfattn::cpu {
+
+// Query rows and key columns per tile. A score tile (64 × 128 floats) and the
+// operand tiles stay within L2 while a tile of one head is worked on.
+constexpr int64_t kQueryTile = 64;
+constexpr int64_t kKeyTile = 128;
+
+template <typename acc_t>
+constexpr acc_t minus_infinity() {
+  return -std::numeric_limits<acc_t>::infinity();
+}
+
+// Contiguous scratch of the accumulator type, one per worker chunk.
+template <typename acc_t>
+struct Scratch {
+  std::vector<acc_t> storage;
+  explicit Scratch(int64_t size) : storage(static_cast<size_t>(size)) {}
+  acc_t* data() { return storage.data(); }
+};
+
+// Copies rows [row0, row0 + rows) and columns [0, cols) of head (b, h) of a
+// strided tensor into a packed tile, converting to acc_t and multiplying by
+// `factor` (the softmax scale is folded into Q this way).
+template <typename scalar_t, typename acc_t>
+void load_tile(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_t rows, int64_t cols, acc_t* dst,
+               int64_t ld, acc_t factor = acc_t(1)) {
+  const auto* base = static_cast<const scalar_t*>(src.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* row = base + src.stride.offset(b, h, row0 + r, 0);
+    acc_t* out = dst + r * ld;
+    if (src.stride.col == 1) {
+      for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<acc_t>(row[c]) * factor;
+    } else {
+      for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<acc_t>(row[c * src.stride.col]) * factor;
+    }
+  }
+}
+
+// The inverse of load_tile: writes a packed tile into a strided tensor.
+template <typename scalar_t, typename acc_t>
+void store_tile(const acc_t* src, int64_t ld, const TensorView& dst, int64_t b, int64_t h, int64_t row0, int64_t rows,
+                int64_t cols, acc_t factor = acc_t(1)) {
+  auto* base = static_cast<scalar_t*>(dst.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    scalar_t* row = base + dst.stride.offset(b, h, row0 + r, 0);
+    for (int64_t c = 0; c < cols; ++c) row[c * dst.stride.col] = static_cast<scalar_t>(src[r * ld + c] * factor);
+  }
+}
+
+// store_tile for a destination whose element type is known only at run time
+// (the mask gradient takes the mask's dtype, which may differ from q's).
+template <typename acc_t>
+void store_tile_as(ElementType dtype, const acc_t* src, int64_t ld, const TensorView& dst, int64_t b, int64_t h,
+                   int64_t row0, int64_t rows, int64_t cols) {
+  switch (dtype) {
+    case ElementType::Float32: return store_tile<float>(src, ld, dst, b, h, row0, rows, cols);
+    case ElementType::Float64: return store_tile<double>(src, ld, dst, b, h, row0, rows, cols);
+    case ElementType::Float16: return store_tile<c10::Half>(src, ld, dst, b, h, row0, rows, cols);
+    case ElementType::BFloat16: return store_tile<c10::BFloat16>(src, ld, dst, b, h, row0, rows, cols);
+    case ElementType::Bool: return;  // a boolean mask has no gradient
+  }
+}
+
+template <typename acc_t>
+void fill_tile(acc_t* tile, int64_t ld, int64_t rows, int64_t cols, acc_t value) {
+  for (int64_t r = 0; r < rows; ++r) std::fill(tile + r * ld, tile + r * ld + cols, value);
+}
+
+// a ∘= b over the rows × cols of two tiles with the same leading dimension.
+template <typename acc_t>
+void multiply_tile(acc_t* a, const acc_t* b, int64_t ld, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) a[r * ld + c] *= b[r * ld + c];
+  }
+}
+
+// The extent of a score tile: query rows [row0, row0 + rows) of head (b, h)
+// against key columns [col0, col0 + cols).
+struct TileCoord {
+  int64_t b, h, row0, rows, col0, cols;
+};
+
+// Number of key columns that query rows [row0, row0 + rows) may see at all:
+// everything without causal masking, the top-left triangle with it.
+inline int64_t visible_key_columns(const AttentionParams& p, int64_t row0, int64_t rows) {
+  return p.causal ? std::min(p.kv_len, row0 + rows) : p.kv_len;
+}
+
+// The first query row that sees key column col0 under causal masking.
+inline int64_t first_row_seeing(const AttentionParams& p, int64_t col0) { return p.causal ? col0 : 0; }
+
+template <typename mask_t, typename acc_t>
+void add_mask_elements(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld) {
+  const auto* base = static_cast<const mask_t*>(p.mask.data);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const mask_t* row = base + p.mask.stride.offset(t.b, t.h, t.row0 + r, t.col0);
+    acc_t* s = scores + r * ld;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const mask_t m = row[c * p.mask.stride.col];
+      if constexpr (std::is_same_v<mask_t, bool>) {
+        if (!m) s[c] = minus_infinity<acc_t>();
+      } else {
+        s[c] += static_cast<acc_t>(m);
+      }
+    }
+  }
+}
+
+// Applies the attention mask and causal masking to a tile of scaled scores.
+template <typename acc_t>
+void mask_scores(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld) {
+  if (p.causal) {
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t first_hidden = std::max<int64_t>(t.row0 + r + 1 - t.col0, 0);
+      for (int64_t c = first_hidden; c < t.cols; ++c) scores[r * ld + c] = minus_infinity<acc_t>();
+    }
+  }
+  if (p.mask_kind == MaskKind::None) return;
+  switch (p.mask_dtype) {
+    case ElementType::Bool: return add_mask_elements<bool>(p, t, scores, ld);
+    case ElementType::Float32: return add_mask_elements<float>(p, t, scores, ld);
+    case ElementType::Float64: return add_mask_elements<double>(p, t, scores, ld);
+    case ElementType::Float16: return add_mask_elements<c10::Half>(p, t, scores, ld);
+    case ElementType::BFloat16: return add_mask_elements<c10::BFloat16>(p, t, scores, ld);
+  }
+}
+
+// The scaled, masked scores of a tile: S = (scale·Q)·Kᵀ + mask.
+template <typename acc_t>
+void compute_scores(const AttentionParams& p, const TileCoord& t, const acc_t* q_scaled, int64_t ld_q,
+                    const acc_t* k, int64_t ld_k, acc_t* scores, int64_t ld) {
+  fill_tile(scores, ld, t.rows, t.cols, acc_t(0));
+  gemm_abt(t.rows, t.cols, p.head_dim, q_scaled, ld_q, k, ld_k, scores, ld);
+  mask_scores(p, t, scores, ld);
+}
+
+// Probabilities recomputed from the forward's logsumexp: P = exp(S - lse).
+// A fully masked row has lse = -inf and gets P = 0, not NaN.
+template <typename acc_t>
+void probabilities_from_logsumexp(const TileCoord& t, const acc_t* lse, acc_t* scores, int64_t ld) {
+  for (int64_t r = 0; r < t.rows; ++r) {
+    acc_t* s = scores + r * ld;
+    const acc_t row_lse = lse[r];
+    if (row_lse == minus_infinity<acc_t>()) {
+      std::fill(s, s + t.cols, acc_t(0));
+    } else {
+      for (int64_t c = 0; c < t.cols; ++c) s[c] = std::exp(s[c] - row_lse);
+    }
+  }
+}
+
+// Dropout multipliers of a tile: 1/(1-p) where the element is kept, 0 where
+// it is dropped. The decision for element (b, h, i, j) depends only on the
+// seed, the offset and its index in the (batch, Hq, L, S) score space.
+template <typename acc_t>
+void dropout_multipliers(const AttentionParams& p, const TileCoord& t, acc_t* z, int64_t ld) {
+  const uint64_t threshold = dropout_threshold(p.dropout.p);
+  const acc_t kept = p.dropout.p >= 1.0 ? acc_t(0) : acc_t(1.0 / (1.0 - p.dropout.p));
+  const uint64_t head_index = static_cast<uint64_t>(t.b * p.q_heads + t.h);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    uint64_t index = (head_index * p.q_len + (t.row0 + r)) * p.kv_len + t.col0;
+    // One Philox call yields the words of four consecutive indices.
+    uint64_t block = index >> 2;
+    Philox4x32 words = dropout_words(p.dropout.seed, p.dropout.offset, block);
+    for (int64_t c = 0; c < t.cols; ++c, ++index) {
+      if ((index >> 2) != block) {
+        block = index >> 2;
+        words = dropout_words(p.dropout.seed, p.dropout.offset, block);
+      }
+      z[r * ld + c] = words.word[index & 3] >= threshold ? kept : acc_t(0);
+    }
+  }
+}
+
+}  // namespace selfattn::cpu

@@ -1,0 +1,72 @@
+"""Build torch-selfattn.
+
+The CPU sources are always built. The CUDA sources are added when the installed
+torch was built with CUDA and nvcc is found, so one setup.py makes both the CPU
+build (CI, laptops) and the GPU build (the device machine).
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CSRC, pattern), recursive=True))
+
+
+def cuda_available():
+    import torch
+
+    return torch.version.cuda is not None and (
+        cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    )
+
+
+def extension():
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # csrc/cuda/ holds everything that needs the CUDA toolkit, .cpp files included.
+    cpp_sources = [s for s in sources("**/*.cpp") if not s.startswith("csrc/cuda/")]
+    cuda_sources = sources("cuda/**/*.cu") + sources("cuda/**/*.cpp")
+    include_dirs = [CSRC]
+    if cuda_sources and cuda_available() and os.environ.get("TORCH_SELFATTN_CPU_ONLY") != "1":
+        arch_flags = os.environ.get(
+            "TORCH_SELFATTN_CUDA_ARCH_FLAGS",
+            "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a",
+        ).split()
+        return cpp_extension.CUDAExtension(
+            "torch_selfattn._C",
+            cpp_sources + cuda_sources,
+            include_dirs=include_dirs,
+            define_macros=[("TORCH_SELFATTN_WITH_CUDA", "1")],
+            extra_compile_args={
+                "cxx": cxx_flags,
+                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + arch_flags,
+            },
+            extra_link_args=["-fopenmp"],
+        )
+    return cpp_extension.CppExtension(
+        "torch_selfattn._C",
+        cpp_sources,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    name="torch-selfattn",
+    version="0.1.0",
+    description="Fused, memory-efficient scaled dot-product attention for PyTorch (CPU and CUDA)",
+    packages=find_packages(include=["torch_selfattn", "torch_selfattn.*"]),
+    package_data={"torch_selfattn": ["data/*"]},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    install_requires=["torch>=2.4"],
+    extras_require={"test": ["pytest", "numpy"]},
+    python_requires=">=3.9",
+)

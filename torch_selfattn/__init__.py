@@ -1,0 +1,18 @@
+"""torch-selfattn: fused, memory-efficient scaled dot-product attention.
+
+Importing the package loads the C++ library, which registers these ops with
+PyTorch's dispatcher:
+
+- ``torch.ops.selfattn.scaled_dot_product_attention``: PyTorch's SDPA semantics;
+- ``torch.ops.selfattn.attention_forward`` / ``attention_backward``: the core
+  4-D kernels (CPU, Meta and Autograd; CUDA when built with it).
+"""
+from torch_selfattn._library import build_info, load_library
+
+load_library()
+
+from torch_selfattn.functional import scaled_dot_product_attention  # noqa: E402
+from torch_selfattn.patching import patch_sdpa, unpatch_sdpa  # noqa: E402
+
+__all__ = ["scaled_dot_product_attention", "patch_sdpa", "unpatch_sdpa", "build_info"]
+__version__ = "0.1.0"

@@ -1,0 +1,34 @@
+"""Finds and loads the compiled op library (torch_selfattn/_C*.so)."""
+import glob
+import importlib.machinery
+import os
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _library_path():
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidates = glob.glob(os.path.join(_HERE, "_C" + suffix))
+        if candidates:
+            return candidates[0]
+    raise ImportError(
+        "torch_selfattn: the compiled library _C is missing from "
+        f"{_HERE}. Build it first: pip install --no-build-isolation -e ."
+    )
+
+
+def load_library():
+    torch.ops.load_library(_library_path())
+
+
+def build_info():
+    """What the loaded library was built with: its path and the backends that
+    have kernels for the core ops."""
+    backends = [
+        key
+        for key in ("CPU", "CUDA", "Meta")
+        if torch._C._dispatch_has_kernel_for_dispatch_key("selfattn::attention_forward", key)
+    ]
+    return {"library": _library_path(), "backends": backends}
