@@ -6,6 +6,7 @@ build (CI, laptops) and the GPU build (the device machine).
 """
 import glob
 import os
+import platform
 import shutil
 
 from setuptools import find_packages, setup
@@ -28,7 +29,11 @@ def cuda_available():
 
 
 def extension():
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # -fno-math-errno lets `#pragma omp simd` loops call the vector exp of
+    # glibc's libmvec (csrc/cpu/vector_exp.h); NaN and infinity semantics are
+    # kept (no -ffast-math).
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    link_flags = ["-fopenmp"] + (["-lmvec"] if platform.libc_ver()[0] == "glibc" else [])
     # csrc/cuda/ holds everything that needs the CUDA toolkit, .cpp files included.
     cpp_sources = [s for s in sources("**/*.cpp") if not s.startswith("csrc/cuda/")]
     cuda_sources = sources("cuda/**/*.cu") + sources("cuda/**/*.cpp")
@@ -47,14 +52,14 @@ def extension():
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + arch_flags,
             },
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
         )
     return cpp_extension.CppExtension(
         "torch_selfattn._C",
         cpp_sources,
         include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link_flags,
     )
 
 

@@ -78,10 +78,9 @@ void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor&
   }
   TORCH_CHECK(logsumexp.sym_sizes() == c10::SymIntArrayRef(out_shape).slice(0, 3), op,
               ": logsumexp must have shape (batch, Hq, L), got ", logsumexp.sym_sizes());
-  TORCH_CHECK(logsumexp.scalar_type() == accumulator_type(query.scalar_type()) && logsumexp.is_contiguous(), op,
-              ": logsumexp must be a contiguous ", accumulator_type(query.scalar_type()),
-              " tensor, as attention_forward returns it");
-  TORCH_CHECK(rng_state.numel() == 2 && rng_state.scalar_type() == at::kLong, op,
+  TORCH_CHECK(logsumexp.scalar_type() == accumulator_type(query.scalar_type()), op, ": logsumexp must be a ",
+              accumulator_type(query.scalar_type()), " tensor, as attention_forward returns it");
+  TORCH_CHECK(rng_state.sym_numel() == 2 && rng_state.scalar_type() == at::kLong, op,
               ": rng_state must be the 2-element int64 tensor that attention_forward returns");
   TORCH_CHECK(!attn_mask_requires_grad || (attn_mask.has_value() && attn_mask->is_floating_point()), op,
               ": attn_mask_requires_grad is set, so attn_mask must be a floating-point tensor");

@@ -52,8 +52,9 @@ void online_softmax_step(const TileCoord& t, acc_t* scores, int64_t ld, ForwardW
       continue;
     }
     acc_t tile_sum = 0;
+#pragma omp simd reduction(+ : tile_sum)
     for (int64_t c = 0; c < t.cols; ++c) {
-      s[c] = std::exp(s[c] - new_max);
+      s[c] = vector_exp(s[c] - new_max);
       tile_sum += s[c];
     }
     const acc_t rescale = std::exp(old_max - new_max);

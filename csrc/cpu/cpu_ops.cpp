@@ -52,10 +52,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
                              attn_mask_requires_grad);
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
-  auto delta = at::empty(logsumexp.sizes(), logsumexp.options());
+  const at::Tensor lse = logsumexp.contiguous();  // the kernels index it as (batch, Hq, L) rows
+  auto delta = at::empty(lse.sizes(), lse.options());
 
   AttentionBackwardParams params;
-  params.fwd = make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale);
+  params.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale);
   read_dropout_state(rng_state, params.fwd.dropout);
   params.grad_out = tensor_view(grad_output);
   params.grad_q = tensor_view(grad_query);

@@ -16,6 +16,7 @@
 #include "common/attention_params.h"
 #include "common/philox.h"
 #include "cpu/tile_gemm.h"
+#include "cpu/vector_exp.h"
 
 namespace selfattn::cpu {
 
@@ -163,7 +164,8 @@ void probabilities_from_logsumexp(const TileCoord& t, const acc_t* lse, acc_t* s
     if (row_lse == minus_infinity<acc_t>()) {
       std::fill(s, s + t.cols, acc_t(0));
     } else {
-      for (int64_t c = 0; c < t.cols; ++c) s[c] = std::exp(s[c] - row_lse);
+#pragma omp simd
+      for (int64_t c = 0; c < t.cols; ++c) s[c] = vector_exp(s[c] - row_lse);
     }
   }
 }
