@@ -2,6 +2,8 @@
 //   CPU      csrc/cpu/cpu_ops.cpp
 //   Meta     csrc/api/meta_ops.cpp
 //   Autograd csrc/api/autograd_ops.cpp
+// cpu_tile_gemm has no tensor arguments and one kernel for every backend,
+// in csrc/cpu/cpu_ops.cpp.
 // and scaled_dot_product_attention, which turns PyTorch's SDPA semantics into
 // calls of the core ops, is CompositeImplicitAutograd (csrc/api/sdpa.cpp).
 #include <torch/library.h>
@@ -29,4 +31,8 @@ TORCH_LIBRARY(selfattn, m) {
       "Tensor output, Tensor logsumexp, Tensor rng_state, float dropout_p, bool is_causal, float scale, "
       "bool attn_mask_requires_grad) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value, "
       "Tensor grad_attn_mask)");
+
+  // Which tile products the CPU kernels use: "blas" (the BLAS PyTorch links)
+  // or "portable" (our own loops).
+  m.def("cpu_tile_gemm() -> str");
 }

@@ -24,11 +24,12 @@ def load_library():
 
 
 def build_info():
-    """What the loaded library was built with: its path and the backends that
-    have kernels for the core ops."""
+    """What the loaded library was built with: its path, the backends that
+    have kernels for the core ops, and the CPU kernels' tile products
+    ("blas": the BLAS that PyTorch links, or "portable")."""
     backends = [
         key
         for key in ("CPU", "CUDA", "Meta")
         if torch._C._dispatch_has_kernel_for_dispatch_key("selfattn::attention_forward", key)
     ]
-    return {"library": _library_path(), "backends": backends}
+    return {"library": _library_path(), "backends": backends, "tile_gemm": torch.ops.selfattn.cpu_tile_gemm()}

@@ -2,9 +2,10 @@
 // from LibTorch with no Python in the loop. The backward recomputes the
 // probabilities from the saved logsumexp (and the dropout mask from the saved
 // rng_state): nothing of size L×S is kept between the passes.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "api/op_calls.h"
 
 namespace selfattn {
 namespace {
@@ -12,34 +13,13 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& query, const at::Tensor& key,
-                                                            const at::Tensor& value,
-                                                            const std::optional<at::Tensor>& attn_mask,
-                                                            double dropout_p, bool is_causal, double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("selfattn::attention_forward", "")
-                       .typed<decltype(call_forward)>();
-  return op.call(query, key, value, attn_mask, dropout_p, is_causal, scale);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_backward(
-    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("selfattn::attention_backward", "")
-                       .typed<decltype(call_backward)>();
-  return op.call(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p, is_causal,
-                 scale, attn_mask_requires_grad);
-}
-
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& query, const at::Tensor& key,
                                const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
                                double dropout_p, bool is_causal, double scale) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, logsumexp, rng_state] = call_forward(query, key, value, attn_mask, dropout_p, is_causal, scale);
+    auto [output, logsumexp, rng_state] = call_attention_forward(query, key, value, attn_mask, dropout_p, is_causal, scale);
     const bool mask_grad = attn_mask.has_value() && attn_mask->requires_grad();
     ctx->save_for_backward({query, key, value, attn_mask.value_or(at::Tensor()), output, logsumexp, rng_state});
     ctx->saved_data["dropout_p"] = dropout_p;
@@ -62,7 +42,7 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     at::Tensor grad_output = grad_outputs[0];
     if (!grad_output.defined()) grad_output = at::zeros_like(output);
     auto [grad_query, grad_key, grad_value, grad_mask] =
-        call_backward(grad_output, query, key, value, attn_mask, output, saved[5], saved[6],
+        call_attention_backward(grad_output, query, key, value, attn_mask, output, saved[5], saved[6],
                       ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
                       ctx->saved_data["scale"].toDouble(), mask_grad);
     return {grad_query, grad_key, grad_value, mask_grad ? grad_mask : at::Tensor(), at::Tensor(), at::Tensor(),

@@ -62,11 +62,12 @@ void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor
   }
 }
 
-void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& output,
-                                const at::Tensor& logsumexp, const at::Tensor& rng_state, const at::Tensor& query,
+void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
                                 const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
-                                bool attn_mask_requires_grad) {
+                                const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+                                double dropout_p, bool is_causal, bool attn_mask_requires_grad) {
   const char* op = "attention_backward";
+  check_core_inputs(op, query, key, value, attn_mask, dropout_p, is_causal);
   const std::vector<c10::SymInt> out_shape = {query.sym_size(0), query.sym_size(1), query.sym_size(2),
                                               value.sym_size(3)};
   for (const auto& [name, t] : {std::pair{"grad_output", &grad_output}, {"output", &output}}) {

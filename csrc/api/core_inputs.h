@@ -17,12 +17,12 @@ namespace selfattn {
 void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                        const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal);
 
-// The extra arguments of attention_backward: what the forward returned and
-// the gradient of its output.
-void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& output,
-                                const at::Tensor& logsumexp, const at::Tensor& rng_state, const at::Tensor& query,
+// Every argument of attention_backward: the forward's, what the forward
+// returned, and the gradient of its output.
+void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
                                 const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
-                                bool attn_mask_requires_grad);
+                                const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+                                double dropout_p, bool is_causal, bool attn_mask_requires_grad);
 
 // float32 for reduced-precision and float32 inputs, float64 for float64.
 at::ScalarType accumulator_type(at::ScalarType dtype);

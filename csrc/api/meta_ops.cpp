@@ -19,9 +19,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_me
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
     const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
-  check_core_inputs("attention_backward", query, key, value, attn_mask, dropout_p, is_causal);
-  check_core_backward_inputs(grad_output, output, logsumexp, rng_state, query, value, attn_mask,
-                             attn_mask_requires_grad);
+  check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
+                             is_causal, attn_mask_requires_grad);
   return allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
 }
 

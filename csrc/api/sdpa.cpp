@@ -8,10 +8,11 @@
 // Registered as CompositeImplicitAutograd: it is differentiable through the
 // autograd kernel of attention_forward, and torch.compile traces through it.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cmath>
+
+#include "api/op_calls.h"
 
 namespace selfattn {
 namespace {
@@ -133,16 +134,6 @@ at::Tensor as_4d(const at::Tensor& t, const SymShape& batch, const c10::SymInt& 
       {product(batch), heads, t.sym_size(-2), t.sym_size(-1)});
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& query, const at::Tensor& key,
-                                                            const at::Tensor& value,
-                                                            const std::optional<at::Tensor>& attn_mask,
-                                                            double dropout_p, bool is_causal, double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("selfattn::attention_forward", "")
-                       .typed<decltype(call_forward)>();
-  return op.call(query, key, value, attn_mask, dropout_p, is_causal, scale);
-}
-
 at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                         const std::optional<at::Tensor>& attn_mask, double dropout_p,
                                         bool is_causal, std::optional<double> scale, bool enable_gqa) {
@@ -191,7 +182,7 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   const double p = dropout_p > 0.0 ? dropout_p : 0.0;
 
   auto [out, logsumexp, rng_state] =
-      call_forward(as_4d(query, outer, q_heads), as_4d(k, outer, kv_heads), as_4d(v, outer, kv_heads), mask4, p,
+      call_attention_forward(as_4d(query, outer, q_heads), as_4d(k, outer, kv_heads), as_4d(v, outer, kv_heads), mask4, p,
                    is_causal, softmax_scale);
   SymShape out_shape = concat(outer, {q_heads, L, value.sym_size(-1)});
   // 2-D and broadcast-free 3-D inputs give outputs of their own rank.

@@ -5,9 +5,11 @@
 #include <torch/library.h>
 
 #include <mutex>
+#include <string>
 
 #include "api/core_inputs.h"
 #include "cpu/kernels.h"
+#include "cpu/tile_gemm.h"
 
 namespace selfattn {
 namespace {
@@ -47,9 +49,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
     const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
-  check_core_inputs("attention_backward", query, key, value, attn_mask, dropout_p, is_causal);
-  check_core_backward_inputs(grad_output, output, logsumexp, rng_state, query, value, attn_mask,
-                             attn_mask_requires_grad);
+  check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
+                             is_causal, attn_mask_requires_grad);
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
   const at::Tensor lse = logsumexp.contiguous();  // the kernels index it as (batch, Hq, L) rows
@@ -68,11 +69,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   return {grad_query, grad_key, grad_value, grad_mask};
 }
 
+std::string cpu_tile_gemm() { return cpu::tile_gemm_uses_blas() ? "blas" : "portable"; }
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(selfattn, CPU, m) {
   m.impl("attention_forward", &attention_forward_cpu);
   m.impl("attention_backward", &attention_backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(selfattn, CompositeExplicitAutograd, m) { m.impl("cpu_tile_gemm", &cpu_tile_gemm); }
 
 }  // namespace selfattn

@@ -53,43 +53,40 @@ void column_major_gemm(const char* trans_b, const char* trans_a, int64_t m, int6
             static_cast<int>(ldb), a, static_cast<int>(lda), c, static_cast<int>(ldc));
 }
 
+// The loops for a torch without BLAS symbols: C(i, j) += Σ_p A(i, p)·B(p, j),
+// with A(i, p) = a[i·a_row + p·a_inner] and B(p, j) = b[p·b_inner + j·b_col].
+template <typename T>
+void portable_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_inner, const T* b,
+                   int64_t b_inner, int64_t b_col, T* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t p = 0; p < k; ++p) {
+      const T a_ip = a[i * a_row + p * a_inner];
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += a_ip * b[p * b_inner + j * b_col];
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void gemm_abt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
   if (m == 0 || n == 0 || k == 0) return;
   if (have_blas(a)) return column_major_gemm("T", "N", m, n, k, a, lda, b, ldb, c, ldc);
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      T sum = 0;
-      for (int64_t p = 0; p < k; ++p) sum += a[i * lda + p] * b[j * ldb + p];
-      c[i * ldc + j] += sum;
-    }
-  }
+  portable_gemm(m, n, k, a, lda, int64_t(1), b, int64_t(1), ldb, c, ldc);
 }
 
 template <typename T>
 void gemm_ab(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
   if (m == 0 || n == 0 || k == 0) return;
   if (have_blas(a)) return column_major_gemm("N", "N", m, n, k, a, lda, b, ldb, c, ldc);
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t p = 0; p < k; ++p) {
-      const T a_ip = a[i * lda + p];
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += a_ip * b[p * ldb + j];
-    }
-  }
+  portable_gemm(m, n, k, a, lda, int64_t(1), b, ldb, int64_t(1), c, ldc);
 }
 
 template <typename T>
 void gemm_atb(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
   if (m == 0 || n == 0 || k == 0) return;
   if (have_blas(a)) return column_major_gemm("N", "T", m, n, k, a, lda, b, ldb, c, ldc);
-  for (int64_t p = 0; p < k; ++p) {
-    for (int64_t i = 0; i < m; ++i) {
-      const T a_pi = a[p * lda + i];
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += a_pi * b[p * ldb + j];
-    }
-  }
+  portable_gemm(m, n, k, a, int64_t(1), lda, b, ldb, int64_t(1), c, ldc);
 }
 
 bool tile_gemm_uses_blas() { return have_blas(static_cast<const float*>(nullptr)); }
