@@ -181,3 +181,26 @@ def test_autograd_from_the_core_op_directly():
     torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-10)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_compile_with_dropout_draws_like_eager():
+    """Under torch.compile the op still draws its seed from the default
+    generator: the same torch.manual_seed gives eager's output and gradients."""
+    torch._dynamo.reset()
+
+    def attention_with_dropout(q, k, v):
+        return torch_selfattn.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+
+    compiled = torch.compile(attention_with_dropout, fullgraph=True)
+    q, k, v = make_inputs(H=4)
+    results = []
+    for fn in (compiled, attention_with_dropout):
+        torch.manual_seed(5)
+        out = fn(q, k, v)
+        results.append((out, torch.autograd.grad(out.square().sum(), (q, k, v))))
+    (c_out, c_grads), (e_out, e_grads) = results
+    torch.testing.assert_close(c_out, e_out)
+    for c, e in zip(c_grads, e_grads):
+        torch.testing.assert_close(c, e)
+    torch.manual_seed(6)
+    assert not torch.equal(compiled(q, k, v), c_out), "a new seed must draw a new dropout mask"
