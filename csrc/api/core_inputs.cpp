@@ -81,6 +81,10 @@ void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor&
               ": logsumexp must have shape (batch, Hq, L), got ", logsumexp.sym_sizes());
   TORCH_CHECK(logsumexp.scalar_type() == accumulator_type(query.scalar_type()), op, ": logsumexp must be a ",
               accumulator_type(query.scalar_type()), " tensor, as attention_forward returns it");
+  for (const auto& [name, t] : {std::pair{"logsumexp", &logsumexp}, {"rng_state", &rng_state}}) {
+    TORCH_CHECK(t->device() == query.device(), op, ": ", name, " must be on query's device (", query.device(),
+                ") as attention_forward returns it, got ", t->device());
+  }
   TORCH_CHECK(rng_state.sym_numel() == 2 && rng_state.scalar_type() == at::kLong, op,
               ": rng_state must be the 2-element int64 tensor that attention_forward returns");
   TORCH_CHECK(!attn_mask_requires_grad || (attn_mask.has_value() && attn_mask->is_floating_point()), op,
