@@ -1,0 +1,127 @@
+"""Memory: forward and backward at L = S = 8192 must not hold anything of size
+L×S. One such float32 matrix per head is 256 MiB; the peak resident set of a
+fresh child process may grow by far less than that."""
+import json
+import subprocess
+import sys
+import textwrap
+
+MiB = 1024 * 1024
+L = S = 8192
+H = 2
+E = 64
+SCORES_PER_HEAD = L * S * 4  # one float32 L×S matrix: 256 MiB
+# What the results themselves take: output, dq, dk, dv (float32) and logsumexp.
+RESULTS = (4 * H * L * E + H * L) * 4  # about 16 MiB
+
+CHILD = textwrap.dedent(
+    f"""
+    import json, resource, sys
+    import torch, torch_selfattn
+
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    H, E = {H}, {E}
+
+    def make(L, S, mask_grad):
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(1, H, L, E, generator=g, requires_grad=True)
+        k = torch.randn(1, H, S, E, generator=g, requires_grad=True)
+        v = torch.randn(1, H, S, E, generator=g, requires_grad=True)
+        # A key-padding style additive mask, broadcast over heads and rows.
+        mask = torch.randn(1, 1, 1, S, generator=g).requires_grad_(mask_grad) if mask_grad is not None else None
+        grad_out = torch.randn(1, H, L, E, generator=g)
+        return q, k, v, mask, grad_out
+
+    def step(q, k, v, mask, grad_out):
+        out = torch_selfattn.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out.backward(grad_out)
+        return out
+
+    mode = sys.argv[1]
+    mask_grad = {{"plain": None, "mask": True}}[mode]
+    # Warm up at a small size on the same path: thread pools, lazily built
+    # state and per-thread scratch of fixed size are not what is measured.
+    step(*make(256, 256, mask_grad))
+
+    q, k, v, mask, grad_out = make({L}, {S}, mask_grad)
+    before = peak_mib()
+    out = step(q, k, v, mask, grad_out)
+    after = peak_mib()
+
+    report = {{"before": before, "after": after}}
+    grads = [q.grad, k.grad, v.grad] + ([mask.grad] if mask is not None else [])
+    report["finite"] = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(t).all()) for t in grads)
+    report["shapes"] = [list(t.shape) for t in [out] + grads]
+
+    # Cheap checks of the values, in float64.
+    qd, kd, vd, go = (t.detach().double() for t in (q, k, v, grad_out))
+    bias = mask.detach().double() if mask is not None else 0.0
+    rows = torch.tensor([0, 1, 4095, {L} - 1])
+    scores = qd[:, :, rows] @ kd.transpose(-2, -1) / E ** 0.5 + bias
+    p = torch.softmax(scores, dim=-1)
+    ref_out = p @ vd
+    # dq_i = scale * sum_j p_ij (dp_ij - D_i) k_j, with dp_ij = do_i . v_j and D_i = do_i . o_i
+    dp = go[:, :, rows] @ vd.transpose(-2, -1)
+    ds = p * (dp - (go[:, :, rows] * ref_out).sum(-1, keepdim=True))
+    ref_dq = ds @ kd / E ** 0.5
+    report["out_err"] = (out.detach().double()[:, :, rows] - ref_out).abs().max().item()
+    report["dq_err"] = (q.grad.double()[:, :, rows] - ref_dq).abs().max().item()
+    # Every row of probabilities sums to one, and every row of dS to zero, so
+    # sum_j dv_j = sum_i do_i and sum_j dk_j = 0 (and sum_j dmask_j = 0).
+    report["dv_sum_err"] = (v.grad.double().sum(-2) - go.sum(-2)).abs().max().item()
+    report["dv_sum_scale"] = go.abs().sum(-2).max().item()
+    report["dk_sum_err"] = k.grad.double().sum(-2).abs().max().item()
+    report["dk_sum_scale"] = k.grad.double().abs().sum(-2).max().item()
+    if mask is not None:
+        report["dmask_sum_err"] = abs(mask.grad.double().sum().item())
+        report["dmask_sum_scale"] = mask.grad.double().abs().sum().item()
+
+    # The measurement itself must see an L×S matrix when there is one.
+    control_before = peak_mib()
+    scores_matrix = torch.ones({L}, {S})
+    control_after = peak_mib()
+    report["control"] = control_after - control_before
+    print("REPORT " + json.dumps(report))
+    """
+)
+
+
+def run_child(mode):
+    result = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert len(lines) == 1, result.stdout + result.stderr[-2000:]
+    return json.loads(lines[0][len("REPORT "):])
+
+
+def check(report, mask):
+    assert report["finite"], report
+    shapes = [[1, H, L, E]] * 4 + ([[1, 1, 1, S]] if mask else [])
+    assert report["shapes"] == shapes, report
+    assert report["out_err"] < 1e-4, report
+    assert report["dq_err"] < 1e-4, report
+    assert report["dv_sum_err"] < 1e-5 * report["dv_sum_scale"] + 1e-4, report
+    assert report["dk_sum_err"] < 1e-5 * report["dk_sum_scale"] + 1e-4, report
+    if mask:
+        assert report["dmask_sum_err"] < 1e-5 * report["dmask_sum_scale"] + 1e-5, report
+
+    growth = (report["after"] - report["before"]) * MiB
+    # Far below one L×S matrix per head (there are H of them: 512 MiB), and
+    # below 64 MiB in all, of which about 16 MiB are the results themselves.
+    assert growth < 64 * MiB, f"peak RSS grew by {growth / MiB:.1f} MiB ({report})"
+    assert growth - RESULTS < SCORES_PER_HEAD / 8, report
+    # And the measurement is sensitive: one L×S float32 matrix allocated
+    # afterwards in the same child does show in the peak.
+    assert report["control"] * MiB > SCORES_PER_HEAD / 2, report
+
+
+def test_forward_backward_at_8192_does_not_materialise_scores():
+    check(run_child("plain"), mask=False)
+
+
+def test_forward_backward_with_broadcast_mask_gradient_at_8192():
+    # The gradient of a (1, 1, 1, S) mask sums dS over heads and rows; it must
+    # be summed on the fly, not from a materialised (B, H, L, S) gradient.
+    check(run_child("mask"), mask=True)
