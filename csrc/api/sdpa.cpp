@@ -143,11 +143,14 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   // The output's batch dims: those of q, k and v broadcast together. With
   // enable_gqa the head dim (-3) is exempt: key and value may have fewer
   // heads, each count dividing query's.
-  const bool grouped = enable_gqa && query.dim() >= 3 && key.dim() >= 3 && value.dim() >= 3;
   at::Tensor k = key, v = value;
   SymShape outer;
   c10::SymInt q_heads, kv_heads;
-  if (grouped) {
+  if (enable_gqa) {
+    for (const auto& [name, t] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
+      TORCH_CHECK(t->dim() >= 3, kOp, ": with enable_gqa, ", name,
+                  " must be at least 3-D (..., heads, length, dim), got shape ", t->sym_sizes());
+    }
     q_heads = query.sym_size(-3);
     for (const auto& [name, t] : {std::pair{"key", &key}, {"value", &value}}) {
       const c10::SymInt heads = t->sym_size(-3);
