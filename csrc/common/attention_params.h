@@ -72,7 +72,9 @@ struct AttentionBackwardParams {
   TensorView grad_out;         // (batch, Hq, L, Ev)
   TensorView grad_q, grad_k, grad_v;
   TensorView grad_mask;        // (mask_batch, mask_heads, mask_rows, mask_cols), or null
-  void* delta = nullptr;       // (batch, Hq, L) scratch for rowsum(dO * O), accumulator type
+  // Per-row scratch of shape (batch, Hq, L), in the accumulator type:
+  void* delta = nullptr;       // D = rowsum(P ∘ dP)
+  void* row_scale = nullptr;   // 1 / rowsum(exp(S − logsumexp)), which renormalises the recomputed P
 };
 
 }  // namespace selfattn

@@ -1,9 +1,11 @@
 // FlashAttention backward on the CPU. The probabilities are recomputed tile
 // by tile from the forward's logsumexp, and dS = P ∘ (dP − D) with
-// D = rowsum(dO ∘ O). The work is split in two passes so that every output
-// element has exactly one writer, which keeps the result deterministic and
-// needs neither atomics nor per-thread copies of the gradients:
-//   - the query pass owns tiles of query rows and writes dQ (and dMask);
+// D = rowsum(P ∘ dP) = rowsum(dO ∘ O). The work is split in two passes so that
+// every output element has exactly one writer, which keeps the result
+// deterministic and needs neither atomics nor per-thread copies of the
+// gradients:
+//   - the query pass owns tiles of query rows: it computes D and writes dQ
+//     (and dMask);
 //   - the key pass owns tiles of key columns and writes dK and dV, summing
 //     over the query heads that share the key/value head (GQA).
 #include <ATen/Parallel.h>
@@ -17,9 +19,16 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Index of query row `row` of head (b, h) in the (batch, Hq, L) row arrays:
+// the logsumexp and D.
+int64_t row_index(const AttentionParams& p, int64_t b, int64_t h, int64_t row) {
+  return (b * p.q_heads + h) * p.q_len + row;
+}
+
 template <typename acc_t>
 struct BackwardWorkspace {
-  Scratch<acc_t> q, grad_out, k, v, probs, grad_scores, dropout, dropped_probs, grad_acc, grad_acc2, lse, delta;
+  Scratch<acc_t> q, grad_out, k, v, probs, grad_scores, dropout, dropped_probs, grad_acc, grad_acc2, lse, row_scale,
+      prob_sum, delta;
 
   explicit BackwardWorkspace(const AttentionParams& p)
       : q(kQueryTile * p.head_dim),
@@ -33,20 +42,20 @@ struct BackwardWorkspace {
         grad_acc(std::max(kQueryTile, kKeyTile) * std::max(p.head_dim, p.value_dim)),
         grad_acc2(kKeyTile * p.value_dim),
         lse(kQueryTile),
+        row_scale(kQueryTile),
+        prob_sum(kQueryTile),
         delta(kQueryTile) {}
 };
 
-// Loads everything a tile of query rows brings to the backward: scale·Q, dO,
-// and the per-row logsumexp and D.
+// Loads what a tile of query rows brings to the backward: scale·Q, dO and
+// the per-row logsumexp.
 template <typename scalar_t, typename acc_t>
 void load_query_side(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
                      BackwardWorkspace<acc_t>& ws) {
   const AttentionParams& p = bp.fwd;
   load_tile<scalar_t>(p.q, b, h, row0, rows, p.head_dim, ws.q.data(), p.head_dim, static_cast<acc_t>(p.scale));
   load_tile<scalar_t>(bp.grad_out, b, h, row0, rows, p.value_dim, ws.grad_out.data(), p.value_dim);
-  const int64_t row_index = (b * p.q_heads + h) * p.q_len + row0;
-  std::copy_n(static_cast<const acc_t*>(p.logsumexp) + row_index, rows, ws.lse.data());
-  std::copy_n(static_cast<const acc_t*>(bp.delta) + row_index, rows, ws.delta.data());
+  std::copy_n(static_cast<const acc_t*>(p.logsumexp) + row_index(p, b, h, row0), rows, ws.lse.data());
 }
 
 template <typename scalar_t, typename acc_t>
@@ -57,49 +66,100 @@ void load_key_side(const AttentionParams& p, int64_t b, int64_t kv_head, int64_t
 }
 
 // With the query side and the key side of tile t loaded, recomputes the
-// probabilities P (before dropout) into ws.probs and the score gradient
-// dS = P ∘ (Z ∘ dO·Vᵀ − D) into ws.grad_scores, Z being the dropout
-// multipliers (left in ws.dropout).
+// probabilities P (before dropout) into ws.probs and their gradient
+// dP = Z ∘ dO·Vᵀ into ws.grad_scores, Z being the dropout multipliers (left
+// in ws.dropout).
 template <typename acc_t>
-void score_gradients(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws) {
+void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws) {
   acc_t* probs = ws.probs.data();
-  acc_t* ds = ws.grad_scores.data();
+  acc_t* dp = ws.grad_scores.data();
   compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kKeyTile);
-  probabilities_from_logsumexp(t, ws.lse.data(), probs, kKeyTile);
-
-  fill_tile(ds, kKeyTile, t.rows, t.cols, acc_t(0));
-  gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, ds, kKeyTile);
+  probabilities_from_logsumexp(t, ws.lse.data(), ws.row_scale.data(), probs, kKeyTile);
+  fill_tile(dp, kKeyTile, t.rows, t.cols, acc_t(0));
+  gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, dp, kKeyTile);
   if (p.dropout.enabled()) {
     dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
-    multiply_tile(ds, ws.dropout.data(), kKeyTile, t.rows, t.cols);
+    multiply_tile(dp, ws.dropout.data(), kKeyTile, t.rows, t.cols);
   }
+}
+
+// The score gradient dS = P ∘ (dP − D) of tile t into ws.grad_scores, with P
+// left in ws.probs. Needs the row statistics in ws.row_scale and ws.delta.
+template <typename acc_t>
+void score_gradients(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws) {
+  probabilities_and_their_gradient(p, t, ws);
+  const acc_t* probs = ws.probs.data();
+  acc_t* ds = ws.grad_scores.data();
   for (int64_t r = 0; r < t.rows; ++r) {
     const acc_t d = ws.delta.data()[r];
     for (int64_t c = 0; c < t.cols; ++c) ds[r * kKeyTile + c] = probs[r * kKeyTile + c] * (ds[r * kKeyTile + c] - d);
   }
 }
 
-// D = rowsum(dO ∘ O) for every query row.
+// The row statistics of the loaded tile of query rows, into the workspace
+// and into bp (for the key pass):
+//   - row_scale = 1 / rowsum(exp(S − lse)). The logsumexp is a float32 (or
+//     float64) number as large as the scores, so exp(S − lse) sums to 1 only
+//     up to the rounding of lse times |lse|; the renormalised P sums to 1 up
+//     to the accumulator's rounding, as the softmax of PyTorch's math path.
+//   - D = rowsum(P ∘ dP). It equals rowsum(dO ∘ O), but taken from the very P
+//     and dP that dS is made of, each row of dS sums to 0 up to the
+//     accumulator's rounding rather than the stored output's.
+// Together they make a single key give dQ = 0 exactly, and a mask broadcast
+// over the keys its true gradient, 0, in every dtype and at any scale.
 template <typename scalar_t, typename acc_t>
-void compute_delta(const AttentionBackwardParams& bp) {
+void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
+                    BackwardWorkspace<acc_t>& ws) {
   const AttentionParams& p = bp.fwd;
-  const int64_t heads = p.batch * p.q_heads;
-  at::parallel_for(0, heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t head = begin; head < end; ++head) {
-      const int64_t b = head / p.q_heads, h = head % p.q_heads;
-      const auto* dout = static_cast<const scalar_t*>(bp.grad_out.data);
-      const auto* out = static_cast<const scalar_t*>(p.out.data);
-      auto* delta = static_cast<acc_t*>(bp.delta) + head * p.q_len;
-      for (int64_t i = 0; i < p.q_len; ++i) {
-        acc_t sum = 0;
-        for (int64_t e = 0; e < p.value_dim; ++e) {
-          sum += static_cast<acc_t>(dout[bp.grad_out.stride.offset(b, h, i, e)]) *
-                 static_cast<acc_t>(out[p.out.stride.offset(b, h, i, e)]);
-        }
-        delta[i] = sum;
+  acc_t* scale = ws.row_scale.data();
+  acc_t* delta = ws.delta.data();
+  acc_t* prob_sum = ws.prob_sum.data();
+  std::fill(scale, scale + rows, acc_t(1));
+  std::fill(prob_sum, prob_sum + rows, acc_t(0));
+  std::fill(delta, delta + rows, acc_t(0));
+  const int64_t visible = visible_key_columns(p, row0, rows);
+  for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
+    const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
+    load_key_side<scalar_t>(p, b, h / p.group_size(), col0, t.cols, ws);
+    probabilities_and_their_gradient(p, t, ws);
+    for (int64_t r = 0; r < rows; ++r) {
+      const acc_t* probs = ws.probs.data() + r * kKeyTile;
+      const acc_t* dp = ws.grad_scores.data() + r * kKeyTile;
+      acc_t sum = 0, weighted = 0;
+      for (int64_t c = 0; c < t.cols; ++c) {
+        sum += probs[c];
+        weighted += probs[c] * dp[c];
       }
+      prob_sum[r] += sum;
+      delta[r] += weighted;
     }
-  });
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (prob_sum[r] > acc_t(0)) scale[r] = acc_t(1) / prob_sum[r];  // a fully masked row keeps P = 0
+    delta[r] *= scale[r];
+  }
+  const int64_t first = row_index(p, b, h, row0);
+  std::copy_n(scale, rows, static_cast<acc_t*>(bp.row_scale) + first);
+  std::copy_n(delta, rows, static_cast<acc_t*>(bp.delta) + first);
+}
+
+// Adds the score gradient of tile t into the gradient of a mask that has
+// mask_rows × mask_cols elements per (batch, head). A mask broadcast over the
+// keys sums each row of the tile first: those row sums nearly cancel, so they
+// are added as small numbers instead of one element at a time.
+template <typename acc_t>
+void add_to_mask_gradient(const AttentionParams& p, const TileCoord& t, const acc_t* ds, acc_t* grad_mask) {
+  for (int64_t r = 0; r < t.rows; ++r) {
+    acc_t* gm = grad_mask + (p.mask_rows == 1 ? 0 : r) * p.mask_cols;
+    const acc_t* ds_row = ds + r * kKeyTile;
+    if (p.mask_cols == 1) {
+      acc_t row_sum = 0;
+      for (int64_t c = 0; c < t.cols; ++c) row_sum += ds_row[c];
+      gm[0] += row_sum;
+    } else {
+      for (int64_t c = 0; c < t.cols; ++c) gm[t.col0 + c] += ds_row[c];
+    }
+  }
 }
 
 // The query pass. A task owns a block of the mask gradient: where the mask
@@ -134,6 +194,7 @@ void query_pass(const AttentionBackwardParams& bp) {
             const int64_t kv_head = h / p.group_size();
             acc_t* dq = ws.grad_acc.data();
             load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
+            row_statistics<scalar_t>(bp, b, h, row0, rows, ws);
             fill_tile(dq, p.head_dim, rows, p.head_dim, acc_t(0));
             const int64_t visible = visible_key_columns(p, row0, rows);
             for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
@@ -141,12 +202,7 @@ void query_pass(const AttentionBackwardParams& bp) {
               load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
               score_gradients(p, t, ws);
               const acc_t* ds = ws.grad_scores.data();
-              if (mask_grad) {
-                for (int64_t r = 0; r < rows; ++r) {
-                  acc_t* gm = grad_mask.data() + (p.mask_rows == 1 ? 0 : r) * p.mask_cols;
-                  for (int64_t c = 0; c < t.cols; ++c) gm[p.mask_cols == 1 ? 0 : col0 + c] += ds[r * kKeyTile + c];
-                }
-              }
+              if (mask_grad) add_to_mask_gradient(p, t, ds, grad_mask.data());
               gemm_ab(rows, p.head_dim, t.cols, ds, kKeyTile, ws.k.data(), p.head_dim, dq, p.head_dim);
             }
             // dQ = scale · dS·K; the scale was folded into Q, not into K.
@@ -187,6 +243,9 @@ void key_pass(const AttentionBackwardParams& bp) {
         for (int64_t row0 = first_tile * kQueryTile; row0 < p.q_len; row0 += kQueryTile) {
           const TileCoord t{b, h, row0, std::min(kQueryTile, p.q_len - row0), col0, cols};
           load_query_side<scalar_t>(bp, b, h, row0, t.rows, ws);
+          const int64_t first = row_index(p, b, h, row0);
+          std::copy_n(static_cast<const acc_t*>(bp.row_scale) + first, t.rows, ws.row_scale.data());
+          std::copy_n(static_cast<const acc_t*>(bp.delta) + first, t.rows, ws.delta.data());
           score_gradients(p, t, ws);
           const acc_t* probs = ws.probs.data();
           if (p.dropout.enabled()) {  // dV takes the probabilities that multiplied V: the dropped ones
@@ -210,7 +269,6 @@ void key_pass(const AttentionBackwardParams& bp) {
 template <typename scalar_t, typename acc_t>
 struct BackwardKernel {
   static void run(const AttentionBackwardParams& bp) {
-    compute_delta<scalar_t, acc_t>(bp);
     query_pass<scalar_t, acc_t>(bp);
     key_pass<scalar_t, acc_t>(bp);
   }

@@ -55,6 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
   const at::Tensor lse = logsumexp.contiguous();  // the kernels index it as (batch, Hq, L) rows
   auto delta = at::empty(lse.sizes(), lse.options());
+  auto row_scale = at::empty(lse.sizes(), lse.options());
 
   AttentionBackwardParams params;
   params.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale);
@@ -65,6 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   params.grad_v = tensor_view(grad_value);
   if (attn_mask_requires_grad) params.grad_mask = tensor_view(grad_mask);
   params.delta = delta.data_ptr();
+  params.row_scale = row_scale.data_ptr();
   cpu::attention_backward(params);
   return {grad_query, grad_key, grad_value, grad_mask};
 }

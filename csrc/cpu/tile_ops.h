@@ -154,18 +154,21 @@ void compute_scores(const AttentionParams& p, const TileCoord& t, const acc_t* q
   mask_scores(p, t, scores, ld);
 }
 
-// Probabilities recomputed from the forward's logsumexp: P = exp(S - lse).
-// A fully masked row has lse = -inf and gets P = 0, not NaN.
+// Probabilities recomputed from the forward's logsumexp,
+// P = exp(S − lse)·row_scale, row_scale renormalising each row (see
+// row_statistics in attention_backward.cpp). A fully masked row has
+// lse = −inf and gets P = 0, not NaN.
 template <typename acc_t>
-void probabilities_from_logsumexp(const TileCoord& t, const acc_t* lse, acc_t* scores, int64_t ld) {
+void probabilities_from_logsumexp(const TileCoord& t, const acc_t* lse, const acc_t* row_scale, acc_t* scores,
+                                  int64_t ld) {
   for (int64_t r = 0; r < t.rows; ++r) {
     acc_t* s = scores + r * ld;
-    const acc_t row_lse = lse[r];
+    const acc_t row_lse = lse[r], scale = row_scale[r];
     if (row_lse == minus_infinity<acc_t>()) {
       std::fill(s, s + t.cols, acc_t(0));
     } else {
 #pragma omp simd
-      for (int64_t c = 0; c < t.cols; ++c) s[c] = vector_exp(s[c] - row_lse);
+      for (int64_t c = 0; c < t.cols; ++c) s[c] = vector_exp(s[c] - row_lse) * scale;
     }
   }
 }

@@ -1,0 +1,116 @@
+"""The yardstick every numerical test uses.
+
+The reference is PyTorch's math SDPA on float64 copies of the very inputs the
+kernels see (already rounded to their dtype). A result passes when its error
+against that reference is at most twice the error of PyTorch's own SDPA run
+in the same dtype on the same inputs, plus a floor at the reference's magnitude (at least 1): one unit of
+rounding of the result's dtype and 32 of the float32 accumulator. The
+floor keeps cases where the exact answer is 0, or where PyTorch happens to be
+exact, from demanding more than rounding noise. Float64 results are compared
+with a reference that is itself float64, so their differences are two
+roundings against each other; their floor is FLOAT64_FLOOR, relative.
+
+Outputs are poisoned: the tests run with PyTorch's deterministic mode, whose
+``fill_uninitialized_memory`` fills every ``empty`` tensor (ours included)
+with NaN, so an element a kernel forgets to write fails the comparison.
+"""
+import contextlib
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import torch_selfattn
+
+FLOAT64_FLOOR = 1e-12
+
+ours = torch_selfattn.scaled_dot_product_attention
+# PyTorch's own function, whatever patch_sdpa has done to torch.nn.functional.
+pytorch_sdpa = torch._C._nn.scaled_dot_product_attention
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Every uninitialised tensor allocated inside is filled with NaN."""
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = was_fill
+
+
+def leaves_of(q, k, v, attn_mask):
+    """The inputs that take part in the backward: q, k, v and a float mask
+    that requires grad."""
+    leaves = [q, k, v]
+    if attn_mask is not None and attn_mask.requires_grad:
+        leaves.append(attn_mask)
+    return leaves
+
+
+def run_attention(fn, q, k, v, attn_mask, grad_out, **kwargs):
+    """Output and gradients of fn (an SDPA with PyTorch's signature) at the
+    given leaves, for the given output gradient."""
+    out = fn(q, k, v, attn_mask=attn_mask, **kwargs)
+    if grad_out is None:
+        return [out]
+    grads = torch.autograd.grad(out, leaves_of(q, k, v, attn_mask), grad_out)
+    return [out, *grads]
+
+
+def as_float64(t):
+    if t is None:
+        return None
+    copy = t.detach().double() if t.is_floating_point() else t.detach().clone()
+    return copy.requires_grad_(t.requires_grad)
+
+
+def reference(q, k, v, attn_mask, grad_out, **kwargs):
+    """PyTorch's math SDPA in float64 on copies of the inputs."""
+    with sdpa_kernel([SDPBackend.MATH]):
+        return run_attention(pytorch_sdpa, *map(as_float64, (q, k, v, attn_mask, grad_out)), **kwargs)
+
+
+def max_error(result, expected):
+    if result.numel() == 0:
+        return 0.0
+    return (result.double() - expected).abs().max().item()
+
+
+def assert_within_dtype_rule(name, got, pytorch, expected):
+    """|got - expected| <= 2 |pytorch - expected| + floor·max(|expected|, 1)."""
+    assert got.shape == expected.shape, f"{name}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    assert got.dtype == pytorch.dtype, f"{name}: dtype {got.dtype}, expected {pytorch.dtype}"
+    assert not got.isnan().any(), f"{name}: NaN in the result (an element left unwritten?)"
+    magnitude = expected.abs().max().item() if expected.numel() else 0.0
+    if got.dtype == torch.float64:
+        floor = FLOAT64_FLOOR * max(magnitude, 1.0)
+    else:
+        floor = (torch.finfo(got.dtype).eps + 32 * torch.finfo(torch.float32).eps) * max(magnitude, 1.0)
+    bound = 2 * max_error(pytorch, expected) + floor
+    error = max_error(got, expected)
+    assert error <= bound, f"{name}: error {error:.3g} against float64, bound {bound:.3g} (2x PyTorch's + rounding floor)"
+
+
+def check_against_reference(q, k, v, attn_mask=None, backward=True, seed=0, **kwargs):
+    """Runs torch_selfattn, PyTorch in the inputs' dtype and the float64
+    reference on the same inputs; asserts the dtype rule for the output and
+    every gradient."""
+    pytorch_out = pytorch_sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+    grad_out = None
+    pytorch = [pytorch_out]
+    if backward:
+        g = torch.Generator().manual_seed(seed)
+        grad_out = torch.randn(pytorch_out.shape, generator=g, dtype=torch.float64).to(q.dtype)
+        pytorch += torch.autograd.grad(pytorch_out, leaves_of(q, k, v, attn_mask), grad_out)
+    with poisoned_outputs():
+        got = run_attention(ours, q, k, v, attn_mask, grad_out, **kwargs)
+    expected = reference(q, k, v, attn_mask, grad_out, **kwargs)
+    names = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
+    for name, a, b, c in zip(names, got, pytorch, expected):
+        assert_within_dtype_rule(name, a, b, c)
+    return got
