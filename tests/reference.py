@@ -56,10 +56,7 @@ def run_attention(fn, q, k, v, attn_mask, grad_out, **kwargs):
     """Output and gradients of fn (an SDPA with PyTorch's signature) at the
     given leaves, for the given output gradient."""
     out = fn(q, k, v, attn_mask=attn_mask, **kwargs)
-    if grad_out is None:
-        return [out]
-    grads = torch.autograd.grad(out, leaves_of(q, k, v, attn_mask), grad_out)
-    return [out, *grads]
+    return [out, *torch.autograd.grad(out, leaves_of(q, k, v, attn_mask), grad_out)]
 
 
 def as_float64(t):
@@ -96,19 +93,16 @@ def assert_within_dtype_rule(name, got, pytorch, expected):
     assert error <= bound, f"{name}: error {error:.3g} against float64, bound {bound:.3g} (2x PyTorch's + rounding floor)"
 
 
-def check_against_reference(q, k, v, attn_mask=None, backward=True, seed=0, **kwargs):
+def check_against_reference(q, k, v, attn_mask=None, **kwargs):
     """Runs torch_selfattn, PyTorch in the inputs' dtype and the float64
-    reference on the same inputs; asserts the dtype rule for the output and
-    every gradient."""
-    pytorch_out = pytorch_sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
-    grad_out = None
-    pytorch = [pytorch_out]
-    if backward:
-        g = torch.Generator().manual_seed(seed)
-        grad_out = torch.randn(pytorch_out.shape, generator=g, dtype=torch.float64).to(q.dtype)
-        pytorch += torch.autograd.grad(pytorch_out, leaves_of(q, k, v, attn_mask), grad_out)
+    reference on the same inputs and the same random output gradient;
+    asserts the dtype rule for the output and every gradient. Returns ours."""
+    shape = pytorch_sdpa(q.detach(), k.detach(), v.detach(),
+                         attn_mask=None if attn_mask is None else attn_mask.detach(), **kwargs).shape
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(q.dtype)
     with poisoned_outputs():
         got = run_attention(ours, q, k, v, attn_mask, grad_out, **kwargs)
+    pytorch = run_attention(pytorch_sdpa, q, k, v, attn_mask, grad_out, **kwargs)
     expected = reference(q, k, v, attn_mask, grad_out, **kwargs)
     names = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
     for name, a, b, c in zip(names, got, pytorch, expected):
