@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from reference import check_against_reference, poisoned_outputs
+from reference import check_against_reference, ours, poisoned_outputs, pytorch_sdpa
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "fp64", "bf16", "fp16"]
@@ -207,3 +207,29 @@ def test_poisoning_is_on_inside_the_checks():
         assert torch.empty(4).isnan().all()
         assert torch.ops.aten.empty.memory_format([3, 5]).isnan().all()
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize(
+    "q_shape,k_shape,v_shape",
+    [
+        ((0, 3, 5, 8), (0, 3, 6, 8), (0, 3, 6, 4)),  # no batch
+        ((2, 3, 0, 8), (2, 3, 6, 8), (2, 3, 6, 4)),  # L = 0
+        ((2, 3, 5, 8), (2, 3, 0, 8), (2, 3, 0, 4)),  # S = 0: zeros, like fully masked rows
+        ((2, 3, 5, 8), (2, 3, 6, 8), (2, 3, 6, 0)),  # Ev = 0
+        ((1, 0, 5, 8), (2, 1, 6, 8), (2, 1, 6, 4)),  # no heads after broadcasting
+        ((3, 5, 8), (0, 3, 6, 8), (0, 3, 6, 4)),  # empty key: zeros shaped like the query
+        ((5, 8), (0, 8), (0, 4)),
+    ],
+    ids=["batch0", "L0", "S0", "Ev0", "heads0", "empty_key_batch", "empty_key_2d"],
+)
+def test_empty_inputs_match_pytorch(q_shape, k_shape, v_shape):
+    g = torch.Generator().manual_seed(17)
+    q, k, v = (randn(s, torch.float32, g) for s in (q_shape, k_shape, v_shape))
+    results = []
+    for fn in (ours, pytorch_sdpa):
+        out = fn(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        results.append([out, *grads])
+    for got, expected in zip(*results):
+        assert got.shape == expected.shape
+        assert (got == expected).all()

@@ -38,8 +38,10 @@ void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor
               " and ", value.sym_size(0));
   TORCH_CHECK(value.sym_size(1) == key.sym_size(1), op, ": key and value must have one head count, got ",
               key.sym_size(1), " and ", value.sym_size(1));
-  TORCH_CHECK(key.sym_size(1) > 0 && query.sym_size(1) % key.sym_size(1) == 0, op, ": key's head count (",
-              key.sym_size(1), ") must divide query's (", query.sym_size(1), ")");
+  // No heads at all (both 0) is an empty problem, as PyTorch takes it.
+  const bool no_heads = query.sym_size(1) == 0 && key.sym_size(1) == 0;
+  TORCH_CHECK(no_heads || (key.sym_size(1) > 0 && query.sym_size(1) % key.sym_size(1) == 0), op,
+              ": key's head count (", key.sym_size(1), ") must divide query's (", query.sym_size(1), ")");
   TORCH_CHECK(key.sym_size(3) == query.sym_size(3), op, ": key's last dim must equal query's (E), got ",
               key.sym_size(3), " and ", query.sym_size(3));
   TORCH_CHECK(value.sym_size(2) == key.sym_size(2), op, ": value's length must equal key's (S), got ",

@@ -191,6 +191,15 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   // 2-D and broadcast-free 3-D inputs give outputs of their own rank.
   const int64_t out_rank = std::max({query.dim(), key.dim(), value.dim()});
   out_shape.erase(out_shape.begin(), out_shape.end() - out_rank);
+  if (key.sym_numel() == 0 || value.sym_numel() == 0) {
+    // PyTorch answers an empty key or value with zeros shaped like the query
+    // (its own batch dims, not those broadcast with key and value) and zero
+    // gradients. Adding the sum of our (empty or all-zero) output keeps the
+    // inputs in the graph, so that their gradients are zeros as in PyTorch.
+    SymShape query_shape = shape_of(query.sym_sizes());
+    query_shape.back() = value.sym_size(-1);
+    return at::zeros_symint(query_shape, query.options()) + out.sum();
+  }
   return out.view_symint(out_shape);
 }
 
