@@ -4,8 +4,8 @@
 // every output element has exactly one writer, which keeps the result
 // deterministic and needs neither atomics nor per-thread copies of the
 // gradients:
-//   - the query pass owns tiles of query rows: it computes D and writes dQ
-//     (and dMask);
+//   - the query pass owns tiles of query rows: it computes their row
+//     statistics (D and the normaliser of P) and writes dQ (and dMask);
 //   - the key pass owns tiles of key columns and writes dK and dV, summing
 //     over the query heads that share the key/value head (GQA).
 #include <ATen/Parallel.h>
@@ -20,7 +20,7 @@ namespace {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Index of query row `row` of head (b, h) in the (batch, Hq, L) row arrays:
-// the logsumexp and D.
+// the logsumexp and the row statistics.
 int64_t row_index(const AttentionParams& p, int64_t b, int64_t h, int64_t row) {
   return (b * p.q_heads + h) * p.q_len + row;
 }
@@ -143,6 +143,15 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
   std::copy_n(delta, rows, static_cast<acc_t*>(bp.delta) + first);
 }
 
+// Reads back what row_statistics stored for a tile of query rows.
+template <typename acc_t>
+void load_row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
+                         BackwardWorkspace<acc_t>& ws) {
+  const int64_t first = row_index(bp.fwd, b, h, row0);
+  std::copy_n(static_cast<const acc_t*>(bp.row_scale) + first, rows, ws.row_scale.data());
+  std::copy_n(static_cast<const acc_t*>(bp.delta) + first, rows, ws.delta.data());
+}
+
 // Adds the score gradient of tile t into the gradient of a mask that has
 // mask_rows × mask_cols elements per (batch, head). A mask broadcast over the
 // keys sums each row of the tile first: those row sums nearly cancel, so they
@@ -243,9 +252,7 @@ void key_pass(const AttentionBackwardParams& bp) {
         for (int64_t row0 = first_tile * kQueryTile; row0 < p.q_len; row0 += kQueryTile) {
           const TileCoord t{b, h, row0, std::min(kQueryTile, p.q_len - row0), col0, cols};
           load_query_side<scalar_t>(bp, b, h, row0, t.rows, ws);
-          const int64_t first = row_index(p, b, h, row0);
-          std::copy_n(static_cast<const acc_t*>(bp.row_scale) + first, t.rows, ws.row_scale.data());
-          std::copy_n(static_cast<const acc_t*>(bp.delta) + first, t.rows, ws.delta.data());
+          load_row_statistics(bp, b, h, row0, t.rows, ws);
           score_gradients(p, t, ws);
           const acc_t* probs = ws.probs.data();
           if (p.dropout.enabled()) {  // dV takes the probabilities that multiplied V: the dropped ones
