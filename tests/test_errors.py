@@ -105,6 +105,11 @@ CASES = {
                    SDPA + r"attn_mask of shape \[1, 3, 3, 5\] does not broadcast to the attention scores", "both"),
     "mask_rows": (lambda: (qkv(), {"attn_mask": torch.zeros(2, 5)}), RuntimeError,
                   SDPA + r"attn_mask of shape \[2, 5\] does not broadcast", "both"),
+    # The mask is added to Q·Kᵀ in place: value's wider batch dims do not count.
+    "mask_wider_than_query_key": (lambda: ((r(1, 3, 4), r(1, 5, 4), r(3, 5, 4)), {"attn_mask": torch.zeros(3, 3, 5)}),
+                                  RuntimeError,
+                                  SDPA + r"attn_mask of shape \[3, 3, 5\] does not broadcast to the attention scores "
+                                  r"\(\.\.\., Hq, L, S\) = \[1, 3, 5\]", "both"),
     "mask_more_dims": (lambda: (qkv(), {"attn_mask": torch.zeros(1, 1, 1, 3, 5)}), RuntimeError,
                        SDPA + r"attn_mask of shape \[1, 1, 1, 3, 5\] has more dims than the attention scores "
                        r"\(\[1, 2, 3, 5\]\)", "both"),

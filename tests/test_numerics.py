@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from reference import check_against_reference, ours, poisoned_outputs, pytorch_sdpa
+from reference import check_against_reference, ours, poisoned_outputs
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "fp64", "bf16", "fp16"]
@@ -216,20 +216,49 @@ def test_poisoning_is_on_inside_the_checks():
         ((2, 3, 0, 8), (2, 3, 6, 8), (2, 3, 6, 4)),  # L = 0
         ((2, 3, 5, 8), (2, 3, 0, 8), (2, 3, 0, 4)),  # S = 0: zeros, like fully masked rows
         ((2, 3, 5, 8), (2, 3, 6, 8), (2, 3, 6, 0)),  # Ev = 0
+        ((2, 3, 5, 0), (2, 3, 6, 0), (2, 3, 6, 4)),  # E = 0: uniform attention
         ((1, 0, 5, 8), (2, 1, 6, 8), (2, 1, 6, 4)),  # no heads after broadcasting
-        ((3, 5, 8), (0, 3, 6, 8), (0, 3, 6, 4)),  # empty key: zeros shaped like the query
+        ((3, 5, 8), (0, 3, 6, 8), (0, 3, 6, 4)),  # an empty batch from key
         ((5, 8), (0, 8), (0, 4)),
     ],
-    ids=["batch0", "L0", "S0", "Ev0", "heads0", "empty_key_batch", "empty_key_2d"],
+    ids=["batch0", "L0", "S0", "Ev0", "E0", "heads0", "key_batch0", "2d_S0"],
 )
-def test_empty_inputs_match_pytorch(q_shape, k_shape, v_shape):
+def test_empty_inputs_match_pytorch_math(q_shape, k_shape, v_shape):
+    """Shapes and values as PyTorch's math path, the reference semantics (a
+    pair of broadcasting matmuls). PyTorch's top-level function returns
+    query-shaped zeros for some of these instead (an empty key batch), not
+    broadcasting."""
     g = torch.Generator().manual_seed(17)
-    q, k, v = (randn(s, torch.float32, g) for s in (q_shape, k_shape, v_shape))
+    q, k, v = (randn(s, torch.float64, g) for s in (q_shape, k_shape, v_shape))
     results = []
-    for fn in (ours, pytorch_sdpa):
+    for fn in (ours, lambda q, k, v: torch.ops.aten._scaled_dot_product_attention_math(q, k, v)[0]):
         out = fn(q, k, v)
         grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
         results.append([out, *grads])
     for got, expected in zip(*results):
         assert got.shape == expected.shape
-        assert (got == expected).all()
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_uniform_attention_gives_zero_query_gradient(dtype):
+    # Identical keys: every row attends uniformly and the exact dQ is 0, so
+    # dQ shows the rounding of rowsum(dS) and nothing else.
+    g = torch.Generator().manual_seed(19)
+    q = randn((4, 1, 128, 55), dtype, g)
+    k = randn((1, 1, 1, 55), dtype, g).expand(4, 1, 130, 55)
+    v = randn((4, 1, 130, 55), dtype, g)
+    check_against_reference(q, k, v, scale=2.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("L", [1, 70])
+def test_causal_with_large_scores(dtype, L):
+    # Scores around 1e3: the backward must recompute them exactly as the
+    # forward did, or exp(S - lse) drifts from the forward's probabilities
+    # (row 0 sees key 0 alone, with probability exactly 1).
+    g = torch.Generator().manual_seed(23)
+    q = (torch.randn(1, 2, L, 64, generator=g, dtype=torch.float64) * 30).to(dtype).requires_grad_()
+    k = (torch.randn(1, 2, 67, 64, generator=g, dtype=torch.float64) * 30).to(dtype).requires_grad_()
+    v = randn((1, 2, 67, 64), dtype, g)
+    check_against_reference(q, k, v, is_causal=True)

@@ -98,19 +98,23 @@ void check_arguments(const at::Tensor& query, const at::Tensor& key, const at::T
 // The mask as attention_forward takes it: 4-D, each dim 1 or that of
 // (batch, Hq, L, S). Size-1 dims stay size 1, so a small mask stays small;
 // only a mask that broadcasts over some leading batch dims but not all of
-// them is expanded over them.
-at::Tensor mask_as_4d(const at::Tensor& mask, const SymShape& out_batch, const c10::SymInt& L,
-                      const c10::SymInt& S) {
-  const SymShape scores = concat(out_batch, {L, S});
-  TORCH_CHECK(mask.dim() <= static_cast<int64_t>(scores.size()), kOp, ": attn_mask of shape ", mask.sym_sizes(),
-              " has more dims than the attention scores (", c10::SymIntArrayRef(scores), ")");
-  const int64_t pad = scores.size() - mask.dim();
-  SymShape padded(pad, 1);
-  for (const auto& s : mask.sym_sizes()) padded.push_back(s);
-  for (size_t d = 0; d < scores.size(); ++d) {
-    TORCH_CHECK(padded[d] == 1 || padded[d] == scores[d], kOp, ": attn_mask of shape ", mask.sym_sizes(),
-                " does not broadcast to the attention scores (..., Hq, L, S) = ", c10::SymIntArrayRef(scores));
+// them is expanded over them. PyTorch adds the mask to the scores Q·Kᵀ in
+// place, so the mask must broadcast to the scores' own batch dims (those of
+// query and key), not to wider ones that value brings.
+at::Tensor mask_as_4d(const at::Tensor& mask, const SymShape& score_batch, const SymShape& out_batch,
+                      const c10::SymInt& L, const c10::SymInt& S) {
+  const SymShape own_scores = concat(score_batch, {L, S});
+  TORCH_CHECK(mask.dim() <= static_cast<int64_t>(own_scores.size()), kOp, ": attn_mask of shape ", mask.sym_sizes(),
+              " has more dims than the attention scores (", c10::SymIntArrayRef(own_scores), ")");
+  for (int64_t d = 1; d <= mask.dim(); ++d) {
+    const c10::SymInt& m = mask.sym_size(-d);
+    TORCH_CHECK(m == 1 || m == own_scores[own_scores.size() - d], kOp, ": attn_mask of shape ", mask.sym_sizes(),
+                " does not broadcast to the attention scores (..., Hq, L, S) = ",
+                c10::SymIntArrayRef(own_scores));
   }
+  const SymShape scores = concat(out_batch, {L, S});
+  SymShape padded(scores.size() - mask.dim(), 1);
+  for (const auto& s : mask.sym_sizes()) padded.push_back(s);
   at::Tensor m = mask.view_symint(padded);
   // Leading dims (all but heads, L, S) fold into one batch dim.
   const int64_t lead = static_cast<int64_t>(scores.size()) - 3;
@@ -144,7 +148,7 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   // enable_gqa the head dim (-3) is exempt: key and value may have fewer
   // heads, each count dividing query's.
   at::Tensor k = key, v = value;
-  SymShape outer;
+  SymShape outer, score_batch;  // score_batch: the batch dims of Q·Kᵀ alone
   c10::SymInt q_heads, kv_heads;
   if (enable_gqa) {
     for (const auto& [name, t] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
@@ -167,10 +171,13 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
       v = value.repeat_interleave_symint(q_heads / value.sym_size(-3), -3);
       kv_heads = q_heads;
     }
+    score_batch = concat(broadcast(slice(query.sym_sizes(), 0, query.dim() - 3), "query",
+                                   slice(key.sym_sizes(), 0, key.dim() - 3), "key"),
+                         {q_heads});
   } else {
-    SymShape batch = broadcast(broadcast(slice(query.sym_sizes(), 0, query.dim() - 2), "query",
-                                         slice(key.sym_sizes(), 0, key.dim() - 2), "key"),
-                               "query and key", slice(value.sym_sizes(), 0, value.dim() - 2), "value");
+    score_batch = broadcast(slice(query.sym_sizes(), 0, query.dim() - 2), "query",
+                            slice(key.sym_sizes(), 0, key.dim() - 2), "key");
+    SymShape batch = broadcast(score_batch, "query and key", slice(value.sym_sizes(), 0, value.dim() - 2), "value");
     if (batch.empty()) batch.push_back(1);  // 2-D inputs: one batch of one head
     q_heads = kv_heads = batch.back();
     outer = slice(batch, 0, batch.size() - 1);
@@ -180,7 +187,7 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   const double softmax_scale =
       scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(query.sym_size(-1).guard_int(__FILE__, __LINE__)));
   std::optional<at::Tensor> mask4;
-  if (attn_mask.has_value()) mask4 = mask_as_4d(*attn_mask, out_batch, L, S);
+  if (attn_mask.has_value()) mask4 = mask_as_4d(*attn_mask, score_batch, out_batch, L, S);
   // PyTorch applies dropout only for p > 0, and so takes p <= 0 as no dropout.
   const double p = dropout_p > 0.0 ? dropout_p : 0.0;
 
@@ -191,15 +198,6 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   // 2-D and broadcast-free 3-D inputs give outputs of their own rank.
   const int64_t out_rank = std::max({query.dim(), key.dim(), value.dim()});
   out_shape.erase(out_shape.begin(), out_shape.end() - out_rank);
-  if (key.sym_numel() == 0 || value.sym_numel() == 0) {
-    // PyTorch answers an empty key or value with zeros shaped like the query
-    // (its own batch dims, not those broadcast with key and value) and zero
-    // gradients. Adding the sum of our (empty or all-zero) output keeps the
-    // inputs in the graph, so that their gradients are zeros as in PyTorch.
-    SymShape query_shape = shape_of(query.sym_sizes());
-    query_shape.back() = value.sym_size(-1);
-    return at::zeros_symint(query_shape, query.options()) + out.sum();
-  }
   return out.view_symint(out_shape);
 }
 

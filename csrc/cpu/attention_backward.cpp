@@ -28,7 +28,9 @@ int64_t row_index(const AttentionParams& p, int64_t b, int64_t h, int64_t row) {
 template <typename acc_t>
 struct BackwardWorkspace {
   Scratch<acc_t> q, grad_out, k, v, probs, grad_scores, dropout, dropped_probs, grad_acc, grad_acc2, lse, row_scale,
-      prob_sum, delta;
+      delta;
+  // The sums behind the row statistics, in double whatever acc_t is.
+  Scratch<double> prob_sum, weighted_sum;
 
   explicit BackwardWorkspace(const AttentionParams& p)
       : q(kQueryTile * p.head_dim),
@@ -44,6 +46,7 @@ struct BackwardWorkspace {
         lse(kQueryTile),
         row_scale(kQueryTile),
         prob_sum(kQueryTile),
+        weighted_sum(kQueryTile),
         delta(kQueryTile) {}
 };
 
@@ -105,6 +108,8 @@ void score_gradients(const AttentionParams& p, const TileCoord& t, BackwardWorks
 //   - D = rowsum(P ∘ dP). It equals rowsum(dO ∘ O), but taken from the very P
 //     and dP that dS is made of, each row of dS sums to 0 up to the
 //     accumulator's rounding rather than the stored output's.
+// Both sums are taken in double: with float, their own rounding would show
+// in dQ wherever dS cancels (uniform attention, for one).
 // Together they make a single key give dQ = 0 exactly, and a mask broadcast
 // over the keys its true gradient, 0, in every dtype and at any scale.
 template <typename scalar_t, typename acc_t>
@@ -113,10 +118,11 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
   const AttentionParams& p = bp.fwd;
   acc_t* scale = ws.row_scale.data();
   acc_t* delta = ws.delta.data();
-  acc_t* prob_sum = ws.prob_sum.data();
+  double* prob_sum = ws.prob_sum.data();
+  double* weighted_sum = ws.weighted_sum.data();
   std::fill(scale, scale + rows, acc_t(1));
-  std::fill(prob_sum, prob_sum + rows, acc_t(0));
-  std::fill(delta, delta + rows, acc_t(0));
+  std::fill(prob_sum, prob_sum + rows, 0.0);
+  std::fill(weighted_sum, weighted_sum + rows, 0.0);
   const int64_t visible = visible_key_columns(p, row0, rows);
   for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
     const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
@@ -125,18 +131,16 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
     for (int64_t r = 0; r < rows; ++r) {
       const acc_t* probs = ws.probs.data() + r * kKeyTile;
       const acc_t* dp = ws.grad_scores.data() + r * kKeyTile;
-      acc_t sum = 0, weighted = 0;
       for (int64_t c = 0; c < t.cols; ++c) {
-        sum += probs[c];
-        weighted += probs[c] * dp[c];
+        prob_sum[r] += probs[c];
+        weighted_sum[r] += static_cast<double>(probs[c]) * dp[c];
       }
-      prob_sum[r] += sum;
-      delta[r] += weighted;
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
-    if (prob_sum[r] > acc_t(0)) scale[r] = acc_t(1) / prob_sum[r];  // a fully masked row keeps P = 0
-    delta[r] *= scale[r];
+    const double inverse = prob_sum[r] > 0.0 ? 1.0 / prob_sum[r] : 1.0;  // a fully masked row keeps P = 0
+    scale[r] = static_cast<acc_t>(inverse);
+    delta[r] = static_cast<acc_t>(weighted_sum[r] * inverse);
   }
   const int64_t first = row_index(p, b, h, row0);
   std::copy_n(scale, rows, static_cast<acc_t*>(bp.row_scale) + first);
@@ -250,20 +254,26 @@ void key_pass(const AttentionBackwardParams& bp) {
       const int64_t first_tile = first_row_seeing(p, col0) / kQueryTile;
       for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
         for (int64_t row0 = first_tile * kQueryTile; row0 < p.q_len; row0 += kQueryTile) {
-          const TileCoord t{b, h, row0, std::min(kQueryTile, p.q_len - row0), col0, cols};
+          const int64_t rows = std::min(kQueryTile, p.q_len - row0);
+          // Only the columns these rows see, so that the score tile has the
+          // extent it has in the forward and the query pass, and its scores
+          // the same rounding: P = exp(S − lse) then matches the forward's
+          // even where |S| is large.
+          const int64_t seen = std::min(cols, visible_key_columns(p, row0, rows) - col0);
+          const TileCoord t{b, h, row0, rows, col0, seen};
           load_query_side<scalar_t>(bp, b, h, row0, t.rows, ws);
           load_row_statistics(bp, b, h, row0, t.rows, ws);
           score_gradients(p, t, ws);
           const acc_t* probs = ws.probs.data();
           if (p.dropout.enabled()) {  // dV takes the probabilities that multiplied V: the dropped ones
             acc_t* dropped = ws.dropped_probs.data();
-            for (int64_t r = 0; r < t.rows; ++r) std::copy_n(probs + r * kKeyTile, cols, dropped + r * kKeyTile);
-            multiply_tile(dropped, ws.dropout.data(), kKeyTile, t.rows, cols);
+            for (int64_t r = 0; r < t.rows; ++r) std::copy_n(probs + r * kKeyTile, t.cols, dropped + r * kKeyTile);
+            multiply_tile(dropped, ws.dropout.data(), kKeyTile, t.rows, t.cols);
             probs = dropped;
           }
-          gemm_atb(cols, p.value_dim, t.rows, probs, kKeyTile, ws.grad_out.data(), p.value_dim, dv, p.value_dim);
+          gemm_atb(t.cols, p.value_dim, t.rows, probs, kKeyTile, ws.grad_out.data(), p.value_dim, dv, p.value_dim);
           // dK = scale · dSᵀ·Q = dSᵀ·(scale·Q), and the loaded Q tile is already scaled.
-          gemm_atb(cols, p.head_dim, t.rows, ws.grad_scores.data(), kKeyTile, ws.q.data(), p.head_dim, dk,
+          gemm_atb(t.cols, p.head_dim, t.rows, ws.grad_scores.data(), kKeyTile, ws.q.data(), p.head_dim, dk,
                    p.head_dim);
         }
       }
