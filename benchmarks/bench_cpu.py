@@ -161,7 +161,7 @@ def main():
     # bf16 at a smaller size: without AVX-512-BF16 a 2048² bf16 mm takes minutes.
     peaks = {torch.float32: matmul_peak(torch.float32, 2048), torch.bfloat16: matmul_peak(torch.bfloat16, 512)}
     header = [
-        f"# torch-selfattn vs PyTorch SDPA on CPU",
+        "# torch-selfattn vs PyTorch SDPA on CPU",
         "",
         f"Machine: {cpu_model()}, {args.threads} threads; torch {torch.__version__}; "
         f"tile products: {torch_selfattn.build_info()['tile_gemm']}.",
