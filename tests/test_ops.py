@@ -65,6 +65,16 @@ def test_opcheck_scaled_dot_product_attention(kwargs):
     torch.library.opcheck(ops.scaled_dot_product_attention.default, (q, k, v), kwargs)
 
 
+def test_opcheck_cpu_tile_gemm():
+    # A diagnostic op with no tensors: its string result is outside what the
+    # AOT-dispatch comparison of opcheck handles, the other checks apply.
+    result = torch.library.opcheck(
+        ops.cpu_tile_gemm.default, (), test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+    )
+    assert set(result.values()) == {"SUCCESS"}
+    assert ops.cpu_tile_gemm() in ("blas", "portable")
+
+
 def test_meta_shapes_and_dtypes():
     q, k, v = (t.detach().to("meta") for t in make_inputs(dtype=torch.bfloat16))
     out, lse, rng = ops.attention_forward(q, k, v, None, 0.0, False, 0.25)
