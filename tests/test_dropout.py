@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
-from reference import assert_within_dtype_rule, pytorch_sdpa
-
-ours = torch_selfattn.scaled_dot_product_attention
+from reference import assert_within_dtype_rule, ours, pytorch_sdpa, run_attention
 
 
 def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0):
@@ -68,11 +66,6 @@ def dropped_attention(z, q, k, v, attn_mask=None, **kwargs):
     return (weights * z.to(q.dtype)) @ v
 
 
-def output_and_gradients(fn, leaves, grad_out, kwargs):
-    out = fn(*leaves[:3], **({"attn_mask": leaves[3]} if len(leaves) > 3 else {}), **kwargs)
-    return [out, *torch.autograd.grad(out, leaves, grad_out)]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", ["plain", "causal", "gqa", "float_mask"])
 def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
@@ -83,10 +76,8 @@ def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
     q, k = qk(Hq=4, H=2 if case == "gqa" else 4, dtype=dtype, seed=5)
     g = torch.Generator().manual_seed(6)
     v = torch.randn(*k.shape[:-1], 24, generator=g, dtype=torch.float64).to(dtype)
-    leaves = [q, k, v]
-    if case == "float_mask":
-        leaves.append(torch.randn(48, 64, generator=g, dtype=torch.float64).to(dtype))
-    leaves = [t.detach().requires_grad_() for t in leaves]
+    mask = torch.randn(48, 64, generator=g, dtype=torch.float64).to(dtype) if case == "float_mask" else None
+    leaves = [None if t is None else t.detach().requires_grad_() for t in (q, k, v, mask)]
     grad_out = torch.randn(2, 4, 48, 24, generator=g, dtype=torch.float64).to(dtype)
     # The pattern is a function of the seed and the element index only.
     z = dropout_multipliers(q.double(), k.double(), 0.3, seed=7, **kwargs)
@@ -98,10 +89,10 @@ def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
     def dropped_reference(*args, **kw):
         return dropped_attention(z, *args, **kw)
 
-    got = output_and_gradients(dropped_ours, leaves, grad_out, kwargs)
-    pytorch = output_and_gradients(dropped_reference, leaves, grad_out, kwargs)
-    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    expected = output_and_gradients(dropped_reference, ref_leaves, grad_out.double(), kwargs)
+    got = run_attention(dropped_ours, *leaves, grad_out, **kwargs)
+    pytorch = run_attention(dropped_reference, *leaves, grad_out, **kwargs)
+    ref_leaves = [None if t is None else t.detach().double().requires_grad_() for t in leaves]
+    expected = run_attention(dropped_reference, *ref_leaves, grad_out.double(), **kwargs)
     for name, a, b, c in zip(["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"],
                              got, pytorch, expected):
         assert_within_dtype_rule(name, a, b, c)
