@@ -17,8 +17,6 @@
 namespace selfattn::cpu {
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Index of query row `row` of head (b, h) in the (batch, Hq, L) row arrays:
 // the logsumexp and the row statistics.
 int64_t row_index(const AttentionParams& p, int64_t b, int64_t h, int64_t row) {

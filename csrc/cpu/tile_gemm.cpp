@@ -32,69 +32,75 @@ bool blas_disabled_by_env() {
 bool have_blas(const float*) { return sgemm_ != nullptr && !blas_disabled_by_env(); }
 bool have_blas(const double*) { return dgemm_ != nullptr && !blas_disabled_by_env(); }
 
-void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-               float* c, int ldc) {
-  const float one = 1.0f;
-  sgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &one, c, &ldc);
+void blas_gemm(const char* ta, const char* tb, int m, int n, int k, float alpha, const float* a, int lda,
+               const float* b, int ldb, float beta, float* c, int ldc) {
+  sgemm_(ta, tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
-void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
-               double* c, int ldc) {
-  const double one = 1.0;
-  dgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &one, c, &ldc);
+void blas_gemm(const char* ta, const char* tb, int m, int n, int k, double alpha, const double* a, int lda,
+               const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(ta, tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
 // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so every call
 // below swaps the operands and passes the row-major tiles as they lie.
 template <typename T>
 void column_major_gemm(const char* trans_b, const char* trans_a, int64_t m, int64_t n, int64_t k, const T* a,
-                       int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
-  blas_gemm(trans_b, trans_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), b,
-            static_cast<int>(ldb), a, static_cast<int>(lda), c, static_cast<int>(ldc));
+                       int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta) {
+  blas_gemm(trans_b, trans_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), alpha, b,
+            static_cast<int>(ldb), a, static_cast<int>(lda), beta, c, static_cast<int>(ldc));
 }
 
-// The loops for a torch without BLAS symbols: C(i, j) += Σ_p A(i, p)·B(p, j),
-// with A(i, p) = a[i·a_row + p·a_inner] and B(p, j) = b[p·b_inner + j·b_col].
+// The loops for a torch without BLAS symbols:
+// C(i, j) = alpha·Σ_p A(i, p)·B(p, j) + beta·C(i, j), with
+// A(i, p) = a[i·a_row + p·a_inner] and B(p, j) = b[p·b_inner + j·b_col].
+// beta = 0 overwrites C, as BLAS does, so that garbage in C never leaks in.
 template <typename T>
 void portable_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_inner, const T* b,
-                   int64_t b_inner, int64_t b_col, T* c, int64_t ldc) {
+                   int64_t b_inner, int64_t b_col, T* c, int64_t ldc, T alpha, T beta) {
   for (int64_t i = 0; i < m; ++i) {
+    T* c_row = c + i * ldc;
+    for (int64_t j = 0; j < n; ++j) c_row[j] = beta == T(0) ? T(0) : beta * c_row[j];
     for (int64_t p = 0; p < k; ++p) {
-      const T a_ip = a[i * a_row + p * a_inner];
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += a_ip * b[p * b_inner + j * b_col];
+      const T a_ip = alpha * a[i * a_row + p * a_inner];
+      for (int64_t j = 0; j < n; ++j) c_row[j] += a_ip * b[p * b_inner + j * b_col];
     }
   }
 }
 
 }  // namespace
 
+// k = 0 takes the loops too: BLAS rejects a leading dimension of 0 there.
 template <typename T>
-void gemm_abt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
-  if (m == 0 || n == 0 || k == 0) return;
-  if (have_blas(a)) return column_major_gemm("T", "N", m, n, k, a, lda, b, ldb, c, ldc);
-  portable_gemm(m, n, k, a, lda, int64_t(1), b, int64_t(1), ldb, c, ldc);
+void gemm_abt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+              T alpha, T beta) {
+  if (m == 0 || n == 0) return;
+  if (k > 0 && have_blas(a)) return column_major_gemm("T", "N", m, n, k, a, lda, b, ldb, c, ldc, alpha, beta);
+  portable_gemm(m, n, k, a, lda, int64_t(1), b, int64_t(1), ldb, c, ldc, alpha, beta);
 }
 
 template <typename T>
-void gemm_ab(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
-  if (m == 0 || n == 0 || k == 0) return;
-  if (have_blas(a)) return column_major_gemm("N", "N", m, n, k, a, lda, b, ldb, c, ldc);
-  portable_gemm(m, n, k, a, lda, int64_t(1), b, ldb, int64_t(1), c, ldc);
+void gemm_ab(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+              T alpha, T beta) {
+  if (m == 0 || n == 0) return;
+  if (k > 0 && have_blas(a)) return column_major_gemm("N", "N", m, n, k, a, lda, b, ldb, c, ldc, alpha, beta);
+  portable_gemm(m, n, k, a, lda, int64_t(1), b, ldb, int64_t(1), c, ldc, alpha, beta);
 }
 
 template <typename T>
-void gemm_atb(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
-  if (m == 0 || n == 0 || k == 0) return;
-  if (have_blas(a)) return column_major_gemm("N", "T", m, n, k, a, lda, b, ldb, c, ldc);
-  portable_gemm(m, n, k, a, int64_t(1), lda, b, ldb, int64_t(1), c, ldc);
+void gemm_atb(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+              T alpha, T beta) {
+  if (m == 0 || n == 0) return;
+  if (k > 0 && have_blas(a)) return column_major_gemm("N", "T", m, n, k, a, lda, b, ldb, c, ldc, alpha, beta);
+  portable_gemm(m, n, k, a, int64_t(1), lda, b, ldb, int64_t(1), c, ldc, alpha, beta);
 }
 
 bool tile_gemm_uses_blas() { return have_blas(static_cast<const float*>(nullptr)); }
 
 #define SELFATTN_INSTANTIATE_GEMMS(T)                                                                         \
-  template void gemm_abt<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t); \
-  template void gemm_ab<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t);  \
-  template void gemm_atb<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t);
+  template void gemm_abt<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, T, T); \
+  template void gemm_ab<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, T, T);  \
+  template void gemm_atb<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, T, T);
 SELFATTN_INSTANTIATE_GEMMS(float)
 SELFATTN_INSTANTIATE_GEMMS(double)
 #undef SELFATTN_INSTANTIATE_GEMMS

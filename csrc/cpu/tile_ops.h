@@ -25,6 +25,8 @@ namespace selfattn::cpu {
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 128;
 
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 template <typename acc_t>
 constexpr acc_t minus_infinity() {
   return -std::numeric_limits<acc_t>::infinity();
@@ -106,6 +108,14 @@ inline int64_t visible_key_columns(const AttentionParams& p, int64_t row0, int64
   return p.causal ? std::min(p.kv_len, row0 + rows) : p.kv_len;
 }
 
+// The tile of query rows that the i-th task of a head works on. Under causal
+// masking row tiles cost more the lower they are, so tasks alternate between
+// the two ends; parallel_for's contiguous chunks then get equal work.
+inline int64_t balanced_tile_order(const AttentionParams& p, int64_t i, int64_t tiles) {
+  if (!p.causal) return i;
+  return i % 2 == 0 ? i / 2 : tiles - 1 - i / 2;
+}
+
 // The first query row that sees key column col0 under causal masking.
 inline int64_t first_row_seeing(const AttentionParams& p, int64_t col0) { return p.causal ? col0 : 0; }
 
@@ -149,8 +159,7 @@ void mask_scores(const AttentionParams& p, const TileCoord& t, acc_t* scores, in
 template <typename acc_t>
 void compute_scores(const AttentionParams& p, const TileCoord& t, const acc_t* q_scaled, int64_t ld_q,
                     const acc_t* k, int64_t ld_k, acc_t* scores, int64_t ld) {
-  fill_tile(scores, ld, t.rows, t.cols, acc_t(0));
-  gemm_abt(t.rows, t.cols, p.head_dim, q_scaled, ld_q, k, ld_k, scores, ld);
+  gemm_abt(t.rows, t.cols, p.head_dim, q_scaled, ld_q, k, ld_k, scores, ld, acc_t(1), acc_t(0));
   mask_scores(p, t, scores, ld);
 }
 

@@ -1,0 +1,147 @@
+// The two matrix products of the attention forward, S = scale·Q·Kᵀ and
+// O += P·V, for one tile of query rows at a time. Two implementations with
+// the same interface:
+//   - FloatProducts runs BLAS (or portable loops) on float or double. It
+//     reads the rows of q, k and v in place when they already are of the
+//     accumulator type, and converts a copy of the tile otherwise.
+//   - MatrixUnitProducts runs bfloat16 on the CPU's matrix units: it packs
+//     the keys and values of a head once per thread and reuses them for every
+//     tile of query rows of that head (and of its GQA group).
+#pragma once
+
+#include <climits>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/bf16_matrix_units.h"
+#include "cpu/tile_ops.h"
+#include "cpu/vector_ops.h"
+
+namespace selfattn::cpu {
+
+// Rows of a head as a BLAS operand: a pointer and a leading dimension.
+template <typename acc_t>
+struct RowOperand {
+  const acc_t* data;
+  int64_t ld;
+};
+
+// Rows [row0, row0 + rows) × columns [0, cols) of head (b, h) of src as acc_t:
+// the tensor's own memory where BLAS can read it, else a converted copy.
+template <typename scalar_t, typename acc_t>
+RowOperand<acc_t> row_operand(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_t rows, int64_t cols,
+                              Scratch<acc_t>& copy) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    const int64_t ld = src.stride.row;
+    if (src.stride.col == 1 && ld >= std::max<int64_t>(cols, 1) && ld <= INT_MAX) {
+      return {static_cast<const acc_t*>(src.data) + src.stride.offset(b, h, row0, 0), ld};
+    }
+  }
+  load_tile<scalar_t>(src, b, h, row0, rows, cols, copy.data(), cols);
+  return {copy.data(), cols};
+}
+
+template <typename scalar_t, typename acc_t>
+class FloatProducts {
+ public:
+  explicit FloatProducts(const AttentionParams& p)
+      : p_(p), q_copy_(kQueryTile * p.head_dim), k_copy_(kKeyTile * p.head_dim), v_copy_(kKeyTile * p.value_dim) {}
+
+  void begin_head(int64_t, int64_t) {}
+
+  void begin_query_tile(int64_t b, int64_t h, int64_t row0, int64_t rows) {
+    q_ = row_operand<scalar_t>(p_.q, b, h, row0, rows, p_.head_dim, q_copy_);
+  }
+
+  void scores(const TileCoord& t, acc_t* s, int64_t ld) {
+    const auto k = row_operand<scalar_t>(p_.k, t.b, kv_head(t), t.col0, t.cols, p_.head_dim, k_copy_);
+    gemm_abt(t.rows, t.cols, p_.head_dim, q_.data, q_.ld, k.data, k.ld, s, ld, static_cast<acc_t>(p_.scale), acc_t(0));
+  }
+
+  void add_probs_times_values(const TileCoord& t, acc_t* probs, int64_t ld, acc_t* out, int64_t ld_out) {
+    const auto v = row_operand<scalar_t>(p_.v, t.b, kv_head(t), t.col0, t.cols, p_.value_dim, v_copy_);
+    gemm_ab(t.rows, p_.value_dim, t.cols, probs, ld, v.data, v.ld, out, ld_out);
+  }
+
+ private:
+  int64_t kv_head(const TileCoord& t) const { return t.h / p_.group_size(); }
+
+  const AttentionParams& p_;
+  Scratch<acc_t> q_copy_, k_copy_, v_copy_;
+  RowOperand<acc_t> q_{nullptr, 0};
+};
+
+// For bfloat16 inputs with an even head dim, on a CPU with matrix units.
+class MatrixUnitProducts {
+ public:
+  static bool applies(const AttentionParams& p) {
+    return p.dtype == ElementType::BFloat16 && p.head_dim > 0 && p.head_dim % 2 == 0 && p.value_dim > 0 &&
+           bf16_matrix_units_available();
+  }
+
+  explicit MatrixUnitProducts(const AttentionParams& p)
+      : p_(p),
+        keys_(static_cast<size_t>(p.kv_len * p.head_dim)),
+        values_(static_cast<size_t>((p.kv_len + 1) * p.value_dim)),
+        q_copy_(static_cast<size_t>(kQueryTile * p.head_dim)),
+        probs_(static_cast<size_t>(kQueryTile * kProbsLd)) {}
+
+  ~MatrixUnitProducts() { release_matrix_units(); }
+
+  // Packs the keys and values of head (b, kv_head), unless they already are.
+  void begin_head(int64_t b, int64_t kv_head) {
+    if (b == packed_batch_ && kv_head == packed_head_) return;
+    for (int64_t col0 = 0; col0 < p_.kv_len; col0 += kKeyTile) {
+      const int64_t cols = std::min(kKeyTile, p_.kv_len - col0);
+      pack_transposed(p_.k, b, kv_head, col0, cols, p_.head_dim, keys_.data() + col0 * p_.head_dim);
+      pack_rows(p_.v, b, kv_head, col0, cols, p_.value_dim, values_.data() + col0 * p_.value_dim);
+    }
+    packed_batch_ = b;
+    packed_head_ = kv_head;
+  }
+
+  void begin_query_tile(int64_t b, int64_t h, int64_t row0, int64_t rows) {
+    const auto* base = static_cast<const uint16_t*>(p_.q.data);
+    if (p_.q.stride.col == 1 && p_.q.stride.row >= p_.head_dim) {
+      q_ = base + p_.q.stride.offset(b, h, row0, 0);
+      q_ld_ = p_.q.stride.row;
+      return;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < p_.head_dim; ++c) q_copy_[r * p_.head_dim + c] = base[p_.q.stride.offset(b, h, row0 + r, c)];
+    }
+    q_ = q_copy_.data();
+    q_ld_ = p_.head_dim;
+  }
+
+  void scores(const TileCoord& t, float* s, int64_t ld) {
+    // A causal tile may use fewer columns than were packed with it.
+    const int64_t packed_cols = std::min(kKeyTile, p_.kv_len - t.col0);
+    bf16_product(t.rows, t.cols, p_.head_dim, q_, q_ld_, keys_.data() + t.col0 * p_.head_dim, packed_cols, s, ld,
+                 false);
+    for (int64_t r = 0; r < t.rows; ++r) scale(s + r * ld, t.cols, static_cast<float>(p_.scale));
+  }
+
+  // P is rounded to bfloat16 for the product, as in PyTorch's own bfloat16
+  // kernels; the row sums were taken from the float values.
+  void add_probs_times_values(const TileCoord& t, float* probs, int64_t ld, float* out, int64_t ld_out) {
+    for (int64_t r = 0; r < t.rows; ++r) {
+      uint16_t* row = probs_.data() + r * kProbsLd;
+      round_to_bfloat16(probs + r * ld, row, t.cols);
+      row[t.cols] = 0;  // the zero column that matches the zero row of an odd tile of values
+    }
+    bf16_product(t.rows, p_.value_dim, t.cols, probs_.data(), kProbsLd, values_.data() + t.col0 * p_.value_dim,
+                 p_.value_dim, out, ld_out, true);
+  }
+
+ private:
+  static constexpr int64_t kProbsLd = kKeyTile + 2;
+
+  const AttentionParams& p_;
+  std::vector<uint16_t> keys_, values_, q_copy_, probs_;
+  int64_t packed_batch_ = -1, packed_head_ = -1;
+  const uint16_t* q_ = nullptr;
+  int64_t q_ld_ = 0;
+};
+
+}  // namespace selfattn::cpu

@@ -1,0 +1,118 @@
+#include "cpu/vector_ops.h"
+
+#include <cstring>
+#include <limits>
+
+#include "cpu/vector_exp.h"
+
+// Every function is cloned for AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3)
+// and the baseline, and an ifunc resolver picks the clone at load time. The
+// loops are plain `omp simd` loops; exp vectorises through vector_exp.h.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SELFATTN_CLONED __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SELFATTN_CLONED
+#endif
+
+namespace selfattn::cpu {
+namespace {
+
+// Inlined into every clone, so that each is compiled for its own level.
+#define SELFATTN_INLINE inline __attribute__((always_inline))
+
+template <typename T>
+SELFATTN_INLINE T max_element_impl(const T* x, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+  bool nan = false;
+#pragma omp simd reduction(max : m) reduction(|| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    m = x[i] > m ? x[i] : m;
+    nan = nan || x[i] != x[i];
+  }
+  return nan ? std::numeric_limits<T>::quiet_NaN() : m;
+}
+
+template <typename T>
+SELFATTN_INLINE T exp_shifted_impl(T* x, int64_t n, T shift, T factor) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const T e = vector_exp(x[i] - shift);
+    sum += e;
+    x[i] = e * factor;
+  }
+  return sum;
+}
+
+template <typename T>
+SELFATTN_INLINE void scale_impl(T* x, int64_t n, T factor) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] *= factor;
+}
+
+template <typename T>
+SELFATTN_INLINE void multiply_impl(T* x, const T* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] *= y[i];
+}
+
+template <typename T>
+SELFATTN_INLINE void score_gradient_impl(const T* p, T* x, int64_t n, T d) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = p[i] * (x[i] - d);
+}
+
+template <typename T>
+SELFATTN_INLINE void add_row_sums_impl(const T* p, const T* dp, int64_t n, double& prob_sum, double& weighted_sum) {
+  double ps = 0, ws = 0;
+#pragma omp simd reduction(+ : ps, ws)
+  for (int64_t i = 0; i < n; ++i) {
+    ps += static_cast<double>(p[i]);
+    ws += static_cast<double>(p[i]) * static_cast<double>(dp[i]);
+  }
+  prob_sum += ps;
+  weighted_sum += ws;
+}
+
+}  // namespace
+
+SELFATTN_CLONED float max_element(const float* x, int64_t n) { return max_element_impl(x, n); }
+SELFATTN_CLONED double max_element(const double* x, int64_t n) { return max_element_impl(x, n); }
+
+SELFATTN_CLONED float exp_shifted(float* x, int64_t n, float shift, float factor) {
+  return exp_shifted_impl(x, n, shift, factor);
+}
+SELFATTN_CLONED double exp_shifted(double* x, int64_t n, double shift, double factor) {
+  return exp_shifted_impl(x, n, shift, factor);
+}
+
+SELFATTN_CLONED void scale(float* x, int64_t n, float factor) { scale_impl(x, n, factor); }
+SELFATTN_CLONED void scale(double* x, int64_t n, double factor) { scale_impl(x, n, factor); }
+
+SELFATTN_CLONED void multiply(float* x, const float* y, int64_t n) { multiply_impl(x, y, n); }
+SELFATTN_CLONED void multiply(double* x, const double* y, int64_t n) { multiply_impl(x, y, n); }
+
+SELFATTN_CLONED void score_gradient(const float* p, float* x, int64_t n, float d) { score_gradient_impl(p, x, n, d); }
+SELFATTN_CLONED void score_gradient(const double* p, double* x, int64_t n, double d) {
+  score_gradient_impl(p, x, n, d);
+}
+
+SELFATTN_CLONED void add_row_sums(const float* p, const float* dp, int64_t n, double& prob_sum, double& weighted_sum) {
+  add_row_sums_impl(p, dp, n, prob_sum, weighted_sum);
+}
+SELFATTN_CLONED void add_row_sums(const double* p, const double* dp, int64_t n, double& prob_sum,
+                                  double& weighted_sum) {
+  add_row_sums_impl(p, dp, n, prob_sum, weighted_sum);
+}
+
+SELFATTN_CLONED void round_to_bfloat16(const float* x, uint16_t* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &x[i], sizeof bits);
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    y[i] = static_cast<uint16_t>(x[i] != x[i] ? 0x7fc0u : rounded);
+  }
+}
+
+}  // namespace selfattn::cpu

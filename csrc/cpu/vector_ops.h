@@ -1,0 +1,40 @@
+// The element-wise loops of the softmax and of the score gradient, on rows
+// of float (or double) scores. They are compiled once per x86-64 level
+// (AVX-512, AVX2, baseline) and the widest the CPU supports is picked when
+// the library loads (vector_ops.cpp), so one build runs fast on new CPUs and
+// correctly on old ones.
+#pragma once
+
+#include <cstdint>
+
+namespace selfattn::cpu {
+
+// Largest of x[0, n): NaN if any element is NaN (so that a NaN score poisons
+// its row, as in PyTorch), −inf if n = 0.
+float max_element(const float* x, int64_t n);
+double max_element(const double* x, int64_t n);
+
+// x ← exp(x − shift)·factor; returns Σ exp(x − shift) before the factor.
+float exp_shifted(float* x, int64_t n, float shift, float factor);
+double exp_shifted(double* x, int64_t n, double shift, double factor);
+
+// x ← x·factor
+void scale(float* x, int64_t n, float factor);
+void scale(double* x, int64_t n, double factor);
+
+// x ← x ∘ y
+void multiply(float* x, const float* y, int64_t n);
+void multiply(double* x, const double* y, int64_t n);
+
+// x ← p ∘ (x − d): turns dP into the score gradient dS.
+void score_gradient(const float* p, float* x, int64_t n, float d);
+void score_gradient(const double* p, double* x, int64_t n, double d);
+
+// Adds Σ p and Σ p∘dp to the two sums, accumulating in double.
+void add_row_sums(const float* p, const float* dp, int64_t n, double& prob_sum, double& weighted_sum);
+void add_row_sums(const double* p, const double* dp, int64_t n, double& prob_sum, double& weighted_sum);
+
+// Rounds to bfloat16 (nearest even; NaN stays NaN), as raw 16-bit patterns.
+void round_to_bfloat16(const float* x, uint16_t* y, int64_t n);
+
+}  // namespace selfattn::cpu
