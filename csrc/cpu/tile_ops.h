@@ -23,7 +23,7 @@ namespace selfattn::cpu {
 // Query rows and key columns per tile. A score tile (64 × 128 floats) and the
 // operand tiles stay within L2 while a tile of one head is worked on.
 constexpr int64_t kQueryTile = 64;
-constexpr int64_t kKeyTile = 128;
+constexpr int64_t kKeyTile = 512;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -23,11 +23,11 @@ namespace {
 template <typename T>
 SELFATTN_INLINE T max_element_impl(const T* x, int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
-  bool nan = false;
-#pragma omp simd reduction(max : m) reduction(|| : nan)
+  int nan = 0;  // an int, not a bool: GCC vectorises an | reduction, not an ||
+#pragma omp simd reduction(max : m) reduction(| : nan)
   for (int64_t i = 0; i < n; ++i) {
     m = x[i] > m ? x[i] : m;
-    nan = nan || x[i] != x[i];
+    nan |= x[i] != x[i];
   }
   return nan ? std::numeric_limits<T>::quiet_NaN() : m;
 }
