@@ -43,9 +43,9 @@ struct BackwardWorkspace {
         grad_acc2(kKeyTile * p.value_dim),
         lse(kQueryTile),
         row_scale(kQueryTile),
+        delta(kQueryTile),
         prob_sum(kQueryTile),
-        weighted_sum(kQueryTile),
-        delta(kQueryTile) {}
+        weighted_sum(kQueryTile) {}
 };
 
 // Loads what a tile of query rows brings to the backward: scale·Q, dO and
@@ -89,11 +89,8 @@ void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord&
 template <typename acc_t>
 void score_gradients(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws) {
   probabilities_and_their_gradient(p, t, ws);
-  const acc_t* probs = ws.probs.data();
-  acc_t* ds = ws.grad_scores.data();
   for (int64_t r = 0; r < t.rows; ++r) {
-    const acc_t d = ws.delta.data()[r];
-    for (int64_t c = 0; c < t.cols; ++c) ds[r * kKeyTile + c] = probs[r * kKeyTile + c] * (ds[r * kKeyTile + c] - d);
+    score_gradient(ws.probs.data() + r * kKeyTile, ws.grad_scores.data() + r * kKeyTile, t.cols, ws.delta.data()[r]);
   }
 }
 
@@ -127,12 +124,8 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
     load_key_side<scalar_t>(p, b, h / p.group_size(), col0, t.cols, ws);
     probabilities_and_their_gradient(p, t, ws);
     for (int64_t r = 0; r < rows; ++r) {
-      const acc_t* probs = ws.probs.data() + r * kKeyTile;
-      const acc_t* dp = ws.grad_scores.data() + r * kKeyTile;
-      for (int64_t c = 0; c < t.cols; ++c) {
-        prob_sum[r] += probs[c];
-        weighted_sum[r] += static_cast<double>(probs[c]) * dp[c];
-      }
+      add_row_sums(ws.probs.data() + r * kKeyTile, ws.grad_scores.data() + r * kKeyTile, t.cols, prob_sum[r],
+                   weighted_sum[r]);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -196,7 +189,7 @@ void query_pass(const AttentionBackwardParams& bp) {
       const int64_t b_begin = task_batches == p.batch ? tb : 0, b_end = task_batches == p.batch ? tb + 1 : p.batch;
       const int64_t h_begin = task_heads == p.q_heads ? th : 0, h_end = task_heads == p.q_heads ? th + 1 : p.q_heads;
       const int64_t t_begin = task_tiles == q_tiles ? tt : 0, t_end = task_tiles == q_tiles ? tt + 1 : q_tiles;
-      std::fill(grad_mask.storage.begin(), grad_mask.storage.end(), acc_t(0));
+      std::fill_n(grad_mask.data(), grad_mask.size(), acc_t(0));
 
       for (int64_t b = b_begin; b < b_end; ++b) {
         for (int64_t h = h_begin; h < h_end; ++h) {

@@ -9,7 +9,6 @@
 //     tile of query rows of that head (and of its GQA group).
 #pragma once
 
-#include <climits>
 #include <type_traits>
 #include <vector>
 
@@ -18,28 +17,6 @@
 #include "cpu/vector_ops.h"
 
 namespace selfattn::cpu {
-
-// Rows of a head as a BLAS operand: a pointer and a leading dimension.
-template <typename acc_t>
-struct RowOperand {
-  const acc_t* data;
-  int64_t ld;
-};
-
-// Rows [row0, row0 + rows) × columns [0, cols) of head (b, h) of src as acc_t:
-// the tensor's own memory where BLAS can read it, else a converted copy.
-template <typename scalar_t, typename acc_t>
-RowOperand<acc_t> row_operand(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_t rows, int64_t cols,
-                              Scratch<acc_t>& copy) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    const int64_t ld = src.stride.row;
-    if (src.stride.col == 1 && ld >= std::max<int64_t>(cols, 1) && ld <= INT_MAX) {
-      return {static_cast<const acc_t*>(src.data) + src.stride.offset(b, h, row0, 0), ld};
-    }
-  }
-  load_tile<scalar_t>(src, b, h, row0, rows, cols, copy.data(), cols);
-  return {copy.data(), cols};
-}
 
 template <typename scalar_t, typename acc_t>
 class FloatProducts {
@@ -50,16 +27,16 @@ class FloatProducts {
   void begin_head(int64_t, int64_t) {}
 
   void begin_query_tile(int64_t b, int64_t h, int64_t row0, int64_t rows) {
-    q_ = row_operand<scalar_t>(p_.q, b, h, row0, rows, p_.head_dim, q_copy_);
+    q_ = row_operand<scalar_t>(p_.q, b, h, row0, rows, p_.head_dim, q_copy_.data());
   }
 
   void scores(const TileCoord& t, acc_t* s, int64_t ld) {
-    const auto k = row_operand<scalar_t>(p_.k, t.b, kv_head(t), t.col0, t.cols, p_.head_dim, k_copy_);
+    const auto k = row_operand<scalar_t>(p_.k, t.b, kv_head(t), t.col0, t.cols, p_.head_dim, k_copy_.data());
     gemm_abt(t.rows, t.cols, p_.head_dim, q_.data, q_.ld, k.data, k.ld, s, ld, static_cast<acc_t>(p_.scale), acc_t(0));
   }
 
   void add_probs_times_values(const TileCoord& t, acc_t* probs, int64_t ld, acc_t* out, int64_t ld_out) {
-    const auto v = row_operand<scalar_t>(p_.v, t.b, kv_head(t), t.col0, t.cols, p_.value_dim, v_copy_);
+    const auto v = row_operand<scalar_t>(p_.v, t.b, kv_head(t), t.col0, t.cols, p_.value_dim, v_copy_.data());
     gemm_ab(t.rows, p_.value_dim, t.cols, probs, ld, v.data, v.ld, out, ld_out);
   }
 

@@ -8,21 +8,24 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "common/attention_params.h"
 #include "common/philox.h"
 #include "cpu/tile_gemm.h"
-#include "cpu/vector_exp.h"
+#include "cpu/vector_ops.h"
 
 namespace selfattn::cpu {
 
-// Query rows and key columns per tile. A score tile (64 × 128 floats) and the
-// operand tiles stay within L2 while a tile of one head is worked on.
-constexpr int64_t kQueryTile = 64;
+// Query rows and key columns per tile. Tall, wide tiles keep the products
+// efficient (the BLAS packs each operand once per call); a score tile of
+// 128 × 512 floats still stays in L2 while it is worked on.
+constexpr int64_t kQueryTile = 128;
 constexpr int64_t kKeyTile = 512;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -34,10 +37,17 @@ constexpr acc_t minus_infinity() {
 
 // Contiguous scratch of the accumulator type, one per worker chunk.
 template <typename acc_t>
-struct Scratch {
-  std::vector<acc_t> storage;
-  explicit Scratch(int64_t size) : storage(static_cast<size_t>(size)) {}
-  acc_t* data() { return storage.data(); }
+class Scratch {
+ public:
+  // Left uninitialised: the kernels write every element before reading it,
+  // and a small call should not pay for zeroing tiles sized for large ones.
+  explicit Scratch(int64_t size) : storage(new acc_t[static_cast<size_t>(size)]), size_(size) {}
+  acc_t* data() { return storage.get(); }
+  int64_t size() const { return size_; }
+
+ private:
+  std::unique_ptr<acc_t[]> storage;
+  int64_t size_;
 };
 
 // Copies rows [row0, row0 + rows) and columns [0, cols) of head (b, h) of a
@@ -56,6 +66,28 @@ void load_tile(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_
       for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<acc_t>(row[c * src.stride.col]) * factor;
     }
   }
+}
+
+// Rows of a head as a BLAS operand: a pointer and a leading dimension.
+template <typename acc_t>
+struct RowOperand {
+  const acc_t* data;
+  int64_t ld;
+};
+
+// Rows [row0, row0 + rows) × columns [0, cols) of head (b, h) of src as acc_t:
+// the tensor's own memory where BLAS can read it, else a converted copy.
+template <typename scalar_t, typename acc_t>
+RowOperand<acc_t> row_operand(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_t rows, int64_t cols,
+                              acc_t* copy) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    const int64_t ld = src.stride.row;
+    if (src.stride.col == 1 && ld >= std::max<int64_t>(cols, 1) && ld <= INT_MAX) {
+      return {static_cast<const acc_t*>(src.data) + src.stride.offset(b, h, row0, 0), ld};
+    }
+  }
+  load_tile<scalar_t>(src, b, h, row0, rows, cols, copy, cols);
+  return {copy, cols};
 }
 
 // The inverse of load_tile: writes a packed tile into a strided tensor.
@@ -91,9 +123,7 @@ void fill_tile(acc_t* tile, int64_t ld, int64_t rows, int64_t cols, acc_t value)
 // a ∘= b over the rows × cols of two tiles with the same leading dimension.
 template <typename acc_t>
 void multiply_tile(acc_t* a, const acc_t* b, int64_t ld, int64_t rows, int64_t cols) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) a[r * ld + c] *= b[r * ld + c];
-  }
+  for (int64_t r = 0; r < rows; ++r) multiply(a + r * ld, b + r * ld, cols);
 }
 
 // The extent of a score tile: query rows [row0, row0 + rows) of head (b, h)
@@ -176,8 +206,7 @@ void probabilities_from_logsumexp(const TileCoord& t, const acc_t* lse, const ac
     if (row_lse == minus_infinity<acc_t>()) {
       std::fill(s, s + t.cols, acc_t(0));
     } else {
-#pragma omp simd
-      for (int64_t c = 0; c < t.cols; ++c) s[c] = vector_exp(s[c] - row_lse) * scale;
+      exp_shifted(s, t.cols, row_lse, scale);
     }
   }
 }
