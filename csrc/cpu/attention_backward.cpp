@@ -48,13 +48,13 @@ struct BackwardWorkspace {
         weighted_sum(kQueryTile) {}
 };
 
-// Loads what a tile of query rows brings to the backward: scale·Q, dO and
-// the per-row logsumexp.
+// Loads what a tile of query rows brings to the backward: Q, dO and the
+// per-row logsumexp.
 template <typename scalar_t, typename acc_t>
 void load_query_side(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
                      BackwardWorkspace<acc_t>& ws) {
   const AttentionParams& p = bp.fwd;
-  load_tile<scalar_t>(p.q, b, h, row0, rows, p.head_dim, ws.q.data(), p.head_dim, static_cast<acc_t>(p.scale));
+  load_tile<scalar_t>(p.q, b, h, row0, rows, p.head_dim, ws.q.data(), p.head_dim);
   load_tile<scalar_t>(bp.grad_out, b, h, row0, rows, p.value_dim, ws.grad_out.data(), p.value_dim);
   std::copy_n(static_cast<const acc_t*>(p.logsumexp) + row_index(p, b, h, row0), rows, ws.lse.data());
 }
@@ -67,20 +67,27 @@ void load_key_side(const AttentionParams& p, int64_t b, int64_t kv_head, int64_t
 }
 
 // With the query side and the key side of tile t loaded, recomputes the
-// probabilities P (before dropout) into ws.probs and their gradient
-// dP = Z ∘ dO·Vᵀ into ws.grad_scores, Z being the dropout multipliers (left
-// in ws.dropout).
+// probabilities P (before dropout) into `probs` and their gradient
+// dP = Z ∘ dO·Vᵀ into `grad_probs` (leading dimension kKeyTile), Z being
+// the dropout multipliers (left in ws.dropout).
 template <typename acc_t>
-void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws) {
-  acc_t* probs = ws.probs.data();
-  acc_t* dp = ws.grad_scores.data();
+void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws,
+                                      acc_t* probs, acc_t* grad_probs) {
   compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kKeyTile);
   probabilities_from_logsumexp(t, ws.lse.data(), ws.row_scale.data(), probs, kKeyTile);
-  fill_tile(dp, kKeyTile, t.rows, t.cols, acc_t(0));
-  gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, dp, kKeyTile);
+  gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, grad_probs,
+           kKeyTile, acc_t(1), acc_t(0));
   if (p.dropout.enabled()) {
     dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
-    multiply_tile(dp, ws.dropout.data(), kKeyTile, t.rows, t.cols);
+    multiply_tile(grad_probs, ws.dropout.data(), kKeyTile, t.rows, t.cols);
+  }
+}
+
+// dP → dS = P ∘ (dP − D) in place, row by row, with D in ws.delta.
+template <typename acc_t>
+void to_score_gradient(const TileCoord& t, const acc_t* probs, acc_t* grad, const BackwardWorkspace<acc_t>& ws) {
+  for (int64_t r = 0; r < t.rows; ++r) {
+    score_gradient(probs + r * kKeyTile, grad + r * kKeyTile, t.cols, ws.delta.data()[r]);
   }
 }
 
@@ -88,11 +95,23 @@ void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord&
 // left in ws.probs. Needs the row statistics in ws.row_scale and ws.delta.
 template <typename acc_t>
 void score_gradients(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws) {
-  probabilities_and_their_gradient(p, t, ws);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    score_gradient(ws.probs.data() + r * kKeyTile, ws.grad_scores.data() + r * kKeyTile, t.cols, ws.delta.data()[r]);
-  }
+  probabilities_and_their_gradient(p, t, ws, ws.probs.data(), ws.grad_scores.data());
+  to_score_gradient(t, ws.probs.data(), ws.grad_scores.data(), ws);
 }
+
+// Where the first sweep over the keys of a tile of query rows leaves P and dP
+// of each key tile: in slots of their own when all of them fit the budget,
+// so that the second sweep reuses them instead of recomputing both
+// products, or else all in the workspace's single tile.
+template <typename acc_t>
+struct TileStore {
+  acc_t* probs;
+  acc_t* grads;
+  bool keeps_all;
+
+  acc_t* probs_of(int64_t key_tile) const { return probs + (keeps_all ? key_tile * kQueryTile * kKeyTile : 0); }
+  acc_t* grads_of(int64_t key_tile) const { return grads + (keeps_all ? key_tile * kQueryTile * kKeyTile : 0); }
+};
 
 // The row statistics of the loaded tile of query rows, into the workspace
 // and into bp (for the key pass):
@@ -107,9 +126,11 @@ void score_gradients(const AttentionParams& p, const TileCoord& t, BackwardWorks
 // in dQ wherever dS cancels (uniform attention, for one).
 // Together they make a single key give dQ = 0 exactly, and a mask broadcast
 // over the keys its true gradient, 0, in every dtype and at any scale.
+// The sweep leaves P (unnormalised: row_scale is 1 while it runs) and dP of
+// each key tile where `store` says.
 template <typename scalar_t, typename acc_t>
 void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
-                    BackwardWorkspace<acc_t>& ws) {
+                    BackwardWorkspace<acc_t>& ws, const TileStore<acc_t>& store) {
   const AttentionParams& p = bp.fwd;
   acc_t* scale = ws.row_scale.data();
   acc_t* delta = ws.delta.data();
@@ -121,11 +142,12 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
   const int64_t visible = visible_key_columns(p, row0, rows);
   for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
     const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
+    acc_t* probs = store.probs_of(col0 / kKeyTile);
+    acc_t* grads = store.grads_of(col0 / kKeyTile);
     load_key_side<scalar_t>(p, b, h / p.group_size(), col0, t.cols, ws);
-    probabilities_and_their_gradient(p, t, ws);
+    probabilities_and_their_gradient(p, t, ws, probs, grads);
     for (int64_t r = 0; r < rows; ++r) {
-      add_row_sums(ws.probs.data() + r * kKeyTile, ws.grad_scores.data() + r * kKeyTile, t.cols, prob_sum[r],
-                   weighted_sum[r]);
+      add_row_sums(probs + r * kKeyTile, grads + r * kKeyTile, t.cols, prob_sum[r], weighted_sum[r]);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -198,7 +220,8 @@ void query_pass(const AttentionBackwardParams& bp) {
             const int64_t kv_head = h / p.group_size();
             acc_t* dq = ws.grad_acc.data();
             load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
-            row_statistics<scalar_t>(bp, b, h, row0, rows, ws);
+            row_statistics<scalar_t>(bp, b, h, row0, rows, ws,
+                                     TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false});
             fill_tile(dq, p.head_dim, rows, p.head_dim, acc_t(0));
             const int64_t visible = visible_key_columns(p, row0, rows);
             for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
@@ -209,7 +232,7 @@ void query_pass(const AttentionBackwardParams& bp) {
               if (mask_grad) add_to_mask_gradient(p, t, ds, grad_mask.data());
               gemm_ab(rows, p.head_dim, t.cols, ds, kKeyTile, ws.k.data(), p.head_dim, dq, p.head_dim);
             }
-            // dQ = scale · dS·K; the scale was folded into Q, not into K.
+            // dQ = scale · dS·K
             store_tile<scalar_t>(dq, p.head_dim, bp.grad_q, b, h, row0, rows, p.head_dim,
                                  static_cast<acc_t>(p.scale));
           }
@@ -263,9 +286,8 @@ void key_pass(const AttentionBackwardParams& bp) {
             probs = dropped;
           }
           gemm_atb(t.cols, p.value_dim, t.rows, probs, kKeyTile, ws.grad_out.data(), p.value_dim, dv, p.value_dim);
-          // dK = scale · dSᵀ·Q = dSᵀ·(scale·Q), and the loaded Q tile is already scaled.
           gemm_atb(t.cols, p.head_dim, t.rows, ws.grad_scores.data(), kKeyTile, ws.q.data(), p.head_dim, dk,
-                   p.head_dim);
+                   p.head_dim, static_cast<acc_t>(p.scale));
         }
       }
       store_tile<scalar_t>(dk, p.head_dim, bp.grad_k, b, kv_head, col0, cols, p.head_dim);
@@ -274,9 +296,72 @@ void key_pass(const AttentionBackwardParams& bp) {
   });
 }
 
+// Bytes of P and dP that a thread may keep for one tile of query rows (see
+// TileStore). Linear in S: 2 × 128 rows × S floats, 32 MiB at S = 32k.
+constexpr int64_t kTileStoreBytes = int64_t(64) << 20;
+
+// The pass for calls without a mask gradient. A task owns one key/value head
+// with the query heads of its GQA group, so it alone writes their dQ, dK and
+// dV: the key tiles need no pass of their own. Each tile of query rows
+// sweeps the keys twice, first for its row statistics, then for the
+// gradients.
+template <typename scalar_t, typename acc_t>
+void head_pass(const AttentionBackwardParams& bp) {
+  const AttentionParams& p = bp.fwd;
+  const int64_t E = p.head_dim, Ev = p.value_dim;
+  const int64_t tile_size = kQueryTile * kKeyTile;
+  const int64_t key_tiles = ceil_div(p.kv_len, kKeyTile);
+  const bool keeps_all = 2 * key_tiles * tile_size * static_cast<int64_t>(sizeof(acc_t)) <= kTileStoreBytes;
+
+  at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    BackwardWorkspace<acc_t> ws(p);
+    Scratch<acc_t> probs((keeps_all ? key_tiles : 1) * tile_size), grads((keeps_all ? key_tiles : 1) * tile_size);
+    const TileStore<acc_t> store{probs.data(), grads.data(), keeps_all};
+    Scratch<acc_t> dk(p.kv_len * E), dv(p.kv_len * Ev);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / p.kv_heads, kv_head = task % p.kv_heads;
+      std::fill_n(dk.data(), dk.size(), acc_t(0));
+      std::fill_n(dv.data(), dv.size(), acc_t(0));
+      for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
+        for (int64_t row0 = 0; row0 < p.q_len; row0 += kQueryTile) {
+          const int64_t rows = std::min(kQueryTile, p.q_len - row0);
+          acc_t* dq = ws.grad_acc.data();
+          load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
+          row_statistics<scalar_t>(bp, b, h, row0, rows, ws, store);
+          fill_tile(dq, E, rows, E, acc_t(0));
+          const int64_t visible = visible_key_columns(p, row0, rows);
+          for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
+            const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
+            acc_t* tile_probs = store.probs_of(col0 / kKeyTile);
+            acc_t* tile_grads = store.grads_of(col0 / kKeyTile);
+            load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
+            if (keeps_all) {
+              for (int64_t r = 0; r < rows; ++r) scale(tile_probs + r * kKeyTile, t.cols, ws.row_scale.data()[r]);
+              if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
+            } else {
+              probabilities_and_their_gradient(p, t, ws, tile_probs, tile_grads);
+            }
+            to_score_gradient(t, tile_probs, tile_grads, ws);
+            gemm_ab(rows, E, t.cols, tile_grads, kKeyTile, ws.k.data(), E, dq, E);
+            gemm_atb(t.cols, E, rows, tile_grads, kKeyTile, ws.q.data(), E, dk.data() + col0 * E, E,
+                     static_cast<acc_t>(p.scale));
+            // dV takes the probabilities that multiplied V: the dropped ones.
+            if (p.dropout.enabled()) multiply_tile(tile_probs, ws.dropout.data(), kKeyTile, rows, t.cols);
+            gemm_atb(t.cols, Ev, rows, tile_probs, kKeyTile, ws.grad_out.data(), Ev, dv.data() + col0 * Ev, Ev);
+          }
+          store_tile<scalar_t>(dq, E, bp.grad_q, b, h, row0, rows, E, static_cast<acc_t>(p.scale));
+        }
+      }
+      store_tile<scalar_t>(dk.data(), E, bp.grad_k, b, kv_head, 0, p.kv_len, E);
+      store_tile<scalar_t>(dv.data(), Ev, bp.grad_v, b, kv_head, 0, p.kv_len, Ev);
+    }
+  });
+}
+
 template <typename scalar_t, typename acc_t>
 struct BackwardKernel {
   static void run(const AttentionBackwardParams& bp) {
+    if (bp.grad_mask.data == nullptr) return head_pass<scalar_t, acc_t>(bp);
     query_pass<scalar_t, acc_t>(bp);
     key_pass<scalar_t, acc_t>(bp);
   }

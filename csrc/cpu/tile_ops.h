@@ -43,6 +43,7 @@ class Scratch {
   // and a small call should not pay for zeroing tiles sized for large ones.
   explicit Scratch(int64_t size) : storage(new acc_t[static_cast<size_t>(size)]), size_(size) {}
   acc_t* data() { return storage.get(); }
+  const acc_t* data() const { return storage.get(); }
   int64_t size() const { return size_; }
 
  private:
@@ -185,11 +186,12 @@ void mask_scores(const AttentionParams& p, const TileCoord& t, acc_t* scores, in
   }
 }
 
-// The scaled, masked scores of a tile: S = (scale·Q)·Kᵀ + mask.
+// The scaled, masked scores of a tile: S = scale·(Q·Kᵀ) + mask, rounded as
+// the forward's FloatProducts round them (the scale applied to the product).
 template <typename acc_t>
-void compute_scores(const AttentionParams& p, const TileCoord& t, const acc_t* q_scaled, int64_t ld_q,
-                    const acc_t* k, int64_t ld_k, acc_t* scores, int64_t ld) {
-  gemm_abt(t.rows, t.cols, p.head_dim, q_scaled, ld_q, k, ld_k, scores, ld, acc_t(1), acc_t(0));
+void compute_scores(const AttentionParams& p, const TileCoord& t, const acc_t* q, int64_t ld_q, const acc_t* k,
+                    int64_t ld_k, acc_t* scores, int64_t ld) {
+  gemm_abt(t.rows, t.cols, p.head_dim, q, ld_q, k, ld_k, scores, ld, static_cast<acc_t>(p.scale), acc_t(0));
   mask_scores(p, t, scores, ld);
 }
 
