@@ -3,18 +3,23 @@
 For each configuration it times the forward and the forward+backward of both
 (interleaved, median of repeats), and prints GFLOP/s (FlashAttention's count:
 4·B·H·L·S·E forward, halved for causal, backward 2.5× that), our speed-up, and
-the fraction of a peak measured in the same run: a large fp32 torch.mm (our
-kernels compute in fp32 for every dtype but float64; the bf16 mm rate is
-printed too, since on CPUs without AVX-512-BF16 it is no peak at all). PyTorch's backend is reported as "flash" or "math"
-(its CPU flash kernel takes no dropout and no mask that requires grad).
+the fraction of a peak measured in the same run: a large torch.mm in the
+configuration's dtype. PyTorch's backend is reported as "flash" or "math" (its
+CPU flash kernel takes no dropout and no mask that requires grad).
 
-    python benchmarks/bench_cpu.py                # the default table
+Then it runs forward+backward at L = 4k, 16k and 32k, each in a process of its
+own, and prints the peak resident memory each added: ours grows linearly in L,
+like PyTorch's flash kernel, where the math path would hold L×L scores.
+
+    python benchmarks/bench_cpu.py                # the table and the memory
     python benchmarks/bench_cpu.py --quick        # a smoke run
     python benchmarks/bench_cpu.py --markdown out.md
 """
 import argparse
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -58,11 +63,14 @@ def default_configs(quick):
         return [Config(torch.float32, 1, 8, 512, 64), Config(torch.bfloat16, 1, 8, 512, 64, causal=True)]
     configs = []
     for dtype in (torch.float32, torch.bfloat16):
-        for seq_len in (512, 1024, 2048):
+        for seq_len in (512, 1024, 2048, 4096):
             for causal in (False, True):
                 configs.append(Config(dtype, 1, 8, seq_len, 64, causal=causal))
-        configs.append(Config(dtype, 1, 8, 1024, 128))
-        configs.append(Config(dtype, 1, 16, 1024, 64, kv_heads=4, causal=True))
+        for seq_len in (1024, 4096):
+            configs.append(Config(dtype, 1, 8, seq_len, 128))
+        configs.append(Config(dtype, 2, 16, 2048, 128, causal=True))
+        configs.append(Config(dtype, 4, 16, 1024, 64))
+        configs.append(Config(dtype, 1, 16, 2048, 64, kv_heads=4, causal=True))
         configs.append(Config(dtype, 1, 8, 1024, 64, float_mask=True))
         configs.append(Config(dtype, 1, 8, 1024, 64, dropout_p=0.1))
     return configs
@@ -110,6 +118,7 @@ def time_interleaved(fns, repeats):
 
 
 def matmul_peak(dtype, size=2048, repeats=5):
+    """GFLOP/s of a size² torch.mm in dtype."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     (seconds,) = time_interleaved([lambda: torch.mm(a, b)], repeats)
@@ -138,6 +147,48 @@ def bench_config(cfg, repeats):
     }
 
 
+MEMORY_PROBE = """
+import resource, sys, torch, torch.nn.functional as F, torch_selfattn
+which, seq_len = sys.argv[1], int(sys.argv[2])
+q, k, v = (torch.randn(1, 1, seq_len, 64, requires_grad=True) for _ in range(3))
+fn = torch_selfattn.scaled_dot_product_attention if which == "ours" else F.scaled_dot_product_attention
+fn(q[:, :, :8], k[:, :, :8], v[:, :, :8]).sum().backward()  # load the kernels before the baseline
+q.grad = k.grad = v.grad = None
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = fn(q, k, v, is_causal=True)
+out.backward(torch.ones_like(out))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def peak_memory_mib(which, seq_len):
+    """Peak resident memory that forward+backward added, in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, which, str(seq_len)], capture_output=True, text=True, check=True
+    )
+    return int(result.stdout.strip()) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def memory_table():
+    lines = [
+        "",
+        "Peak memory added by forward+backward (fp32, B1 H1 E64, causal), each in a fresh process; "
+        "one L×L fp32 score matrix shown for scale:",
+        "",
+        "| L | ours MiB | PyTorch MiB | one L×L matrix MiB |",
+        "|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for seq_len in (4096, 16384, 32768):
+        row = (
+            f"| {seq_len} | {peak_memory_mib('ours', seq_len):.1f} | {peak_memory_mib('pytorch', seq_len):.1f} "
+            f"| {seq_len * seq_len * 4 / 2**20:.0f} |"
+        )
+        lines.append(row)
+        print(row, flush=True)
+    return lines
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -158,17 +209,16 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    # bf16 at a smaller size: without AVX-512-BF16 a 2048² bf16 mm takes minutes.
-    peaks = {torch.float32: matmul_peak(torch.float32, 2048), torch.bfloat16: matmul_peak(torch.bfloat16, 512)}
+    peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16)}
     header = [
         "# torch-selfattn vs PyTorch SDPA on CPU",
         "",
         f"Machine: {cpu_model()}, {args.threads} threads; torch {torch.__version__}; "
         f"tile products: {torch_selfattn.build_info()['tile_gemm']}.",
-        f"Peak (torch.mm, same run): fp32 2048² {peaks[torch.float32]:.1f} GFLOP/s, "
-        f"bf16 512² {peaks[torch.bfloat16]:.1f} GFLOP/s.",
+        f"Peak (2048² torch.mm, same run): fp32 {peaks[torch.float32]:.1f} GFLOP/s, "
+        f"bf16 {peaks[torch.bfloat16]:.1f} GFLOP/s.",
         "",
-        "| config | PyTorch backend | fwd ours GFLOP/s | fwd PyTorch | fwd ratio | fwd % of fp32 mm "
+        "| config | PyTorch backend | fwd ours GFLOP/s | fwd PyTorch | fwd ratio | fwd % of mm peak "
         "| fwd+bwd ours | fwd+bwd PyTorch | fwd+bwd ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -181,7 +231,7 @@ def main():
         fb_ratios.append(fb_ratio)
         row = (
             f"| {cfg.label} | {r['backend']} | {r['fwd'][0]:.1f} | {r['fwd'][1]:.1f} | {fwd_ratio:.2f}× "
-            f"| {100 * r['fwd'][0] / peaks[torch.float32]:.0f}% | {r['fwd_bwd'][0]:.1f} | {r['fwd_bwd'][1]:.1f} "
+            f"| {100 * r['fwd'][0] / peaks[cfg.dtype]:.0f}% | {r['fwd_bwd'][0]:.1f} | {r['fwd_bwd'][1]:.1f} "
             f"| {fb_ratio:.2f}× |"
         )
         rows.append(row)
@@ -190,10 +240,11 @@ def main():
         f"\nGeometric mean of our speed over PyTorch's: forward {statistics.geometric_mean(fwd_ratios):.2f}×, "
         f"forward+backward {statistics.geometric_mean(fb_ratios):.2f}×."
     )
-    print(footer)
+    print(footer, flush=True)
+    memory = [] if args.quick else memory_table()
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("\n".join(header + rows) + "\n" + footer + "\n")
+            f.write("\n".join(header + rows) + "\n" + footer + "\n" + "".join(line + "\n" for line in memory))
     return 0
 
 
