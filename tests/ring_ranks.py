@@ -27,6 +27,7 @@ CASES = {
     "fp64_causal_scale": dict(dtype=torch.float64, is_causal=True, heads=(2, 2), length=64, dims=(8, 8), scale=0.3),
     "bf16": dict(dtype=torch.bfloat16, is_causal=False, heads=(4, 4), length=128, dims=(64, 64)),
     "bf16_causal_gqa": dict(dtype=torch.bfloat16, is_causal=True, heads=(4, 2), length=128, dims=(64, 64)),
+    "fp16_causal": dict(dtype=torch.float16, is_causal=True, heads=(2, 2), length=64, dims=(32, 32)),
 }
 BATCH = 2
 
