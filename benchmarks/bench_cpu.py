@@ -13,7 +13,6 @@ printed too, since on CPUs without AVX-512-BF16 it is no peak at all). PyTorch's
     python benchmarks/bench_cpu.py --markdown out.md
 """
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
+from torch_selfattn.info import cpu_model
 
 
 @dataclass(frozen=True)
@@ -136,17 +136,6 @@ def bench_config(cfg, repeats):
         "fwd": (flops / fwd_ours / 1e9, flops / fwd_pt / 1e9),
         "fwd_bwd": (3.5 * flops / fb_ours / 1e9, 3.5 * flops / fb_pt / 1e9),
     }
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():

@@ -14,29 +14,11 @@ import torch.nn.functional as F
 
 import torch_selfattn
 from reference import assert_within_dtype_rule
+# nanoGPT's attention block, as written there.
+from test_patch import CausalSelfAttention
 
 # --------------------------------------------------------------------------
 # The scripts' models, as their authors write them.
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd, n_head, dropout):
-        super().__init__()
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
-        self.c_proj = nn.Linear(n_embd, n_embd)
-        self.resid_dropout = nn.Dropout(dropout)
-        self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
