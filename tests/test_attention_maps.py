@@ -138,9 +138,10 @@ def test_one_head_at_8k_needs_no_map_of_every_head():
     2 GiB. The peak resident set of a child process may grow by the result and
     a few row blocks, not by more."""
     child = textwrap.dedent("""
-        import json, resource, torch, torch_selfattn
-        def peak_mib():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        import json, torch, torch_selfattn
+        def peak_mib():  # VmHWM: this process's own peak (see test_memory.py)
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
         g = torch.Generator().manual_seed(0)
         q, k = (torch.randn(1, 8, 8192, 64, generator=g) for _ in range(2))
         torch_selfattn.attention_weights(q[..., :512, :], k[..., :512, :], is_causal=True, heads=3)  # warm-up
@@ -151,7 +152,11 @@ def test_one_head_at_8k_needs_no_map_of_every_head():
         s = (q[0, 3, rows].double() @ k[0, 3].double().T) / 8
         s = s.masked_fill(torch.arange(8192)[None, :] > torch.tensor(rows)[:, None], float("-inf"))
         err = (w[0, rows].double() - torch.softmax(s, -1)).abs().max().item()
-        print(json.dumps({"growth": after - before, "shape": list(w.shape), "err": err}))
+        # The measurement must see a map of every head if there were one.
+        control_before = peak_mib()
+        all_heads = torch.ones(8, 8192, 8192)
+        control = peak_mib() - control_before
+        print(json.dumps({"growth": after - before, "shape": list(w.shape), "err": err, "control": control}))
     """)
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -161,6 +166,7 @@ def test_one_head_at_8k_needs_no_map_of_every_head():
     result_mib, all_heads_mib = 256, 8 * 256
     assert report["growth"] < result_mib + 96, report  # the result plus row blocks and q·k of one head
     assert report["growth"] < all_heads_mib / 4, report
+    assert report["control"] > all_heads_mib / 2, report
 
 
 def test_plot_attention_writes_a_png_with_token_labels(tmp_path):
