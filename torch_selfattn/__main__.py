@@ -16,6 +16,8 @@ def _parser():
                        choices=["float16", "bfloat16", "float32", "float64"])
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median shown)")
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                       help="CPU threads (default: PyTorch's); 1 gives steadier numbers on a busy machine")
     return parser
 
 
@@ -28,8 +30,9 @@ def main(argv=None):
         return 0
     from torch_selfattn import bench
 
-    if min(args.seq_len) < 1 or args.repeats < 1:
-        _parser().error("--seq-len and --repeats must be positive")
+    if min(args.seq_len) < 1 or args.repeats < 1 or args.threads < 1:
+        _parser().error("--seq-len, --repeats and --threads must be positive")
+    torch.set_num_threads(args.threads)
     bench.run(args.seq_len, [getattr(torch, d) for d in args.dtype], args.repeats, args.device)
     return 0
 

@@ -62,7 +62,8 @@ def time_case(case, repeats, device):
 def run(seq_lens=(256, 1024), dtypes=(torch.float32, torch.bfloat16), repeats=5, device="cpu", out=print):
     """Times every case and prints the table; returns the rows as
     (label, (ours_fwd, pytorch_fwd), (ours_fwd_bwd, pytorch_fwd_bwd))."""
-    threads = f", {torch.get_num_threads()} threads" if torch.device(device).type == "cpu" else ""
+    threads = torch.get_num_threads()
+    threads = f", {threads} thread{'' if threads == 1 else 's'}" if torch.device(device).type == "cpu" else ""
     out(f"torch-selfattn vs PyTorch SDPA on {device}{threads}, median of {repeats} (ms); "
         "speed-up = PyTorch's time / ours (> 1: ours is faster)")
     out(f"{'case':34}{'fwd ours':>10}{'PyTorch':>10}{'speed-up':>10}{'fwd+bwd ours':>14}{'PyTorch':>10}{'speed-up':>10}")

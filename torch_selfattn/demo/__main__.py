@@ -48,11 +48,16 @@ def parse_args(argv):
                         help="largest gap allowed between the two runs' losses at any step, in nats (default 0.01)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when torch-selfattn has CUDA kernels)")
     parser.add_argument("--sample-chars", type=int, default=240, help="characters to sample after training")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU threads (default: PyTorch's, one per core); 1 is faster on a machine whose "
+                             "cores other jobs are using")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="torch_selfattn_demo", help="where the PNGs go (default ./torch_selfattn_demo)")
     args = parser.parse_args(argv)
     if min(args.steps, args.batch_size, args.block_size, args.layers, args.heads, args.embed_dim) < 1:
         parser.error("--steps, --batch-size, --block-size, --layers, --heads and --embed-dim must be positive")
+    if args.threads < 1:
+        parser.error("--threads must be positive")
     if args.sample_chars < 0:
         parser.error("--sample-chars must not be negative")
     if args.embed_dim % args.heads:
@@ -136,6 +141,7 @@ def main(argv=None):
     from torch_selfattn.demo.figures import plot_attention_map, plot_losses
 
     start = time.perf_counter()
+    torch.set_num_threads(args.threads)
     device = args.device
     text = CharText.load()
     config = GPTConfig(text.vocab_size, args.block_size, args.layers, args.heads, args.embed_dim)
@@ -145,7 +151,8 @@ def main(argv=None):
     for block in pytorch_model.blocks:
         block.attn.attention_fn = PYTORCH_SDPA
     params = sum(p.numel() for p in ours_model.parameters())
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    threads = torch.get_num_threads()
+    threads = f", {threads} thread{'' if threads == 1 else 's'}" if device.type == "cpu" else ""
     print(f"torch-selfattn demo: torch {torch.__version__}, device {device}{threads}")
     print(f"text: {os.path.basename(TEXT_PATH)}, {len(text.train) + len(text.val):,} characters, "
           f"vocabulary of {text.vocab_size}")

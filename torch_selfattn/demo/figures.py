@@ -20,7 +20,7 @@ def plot_losses(runs, path):
     curves.grid(alpha=0.3)
     gap = (torch.tensor(runs[0].losses) - torch.tensor(runs[1].losses)).abs()
     gaps.semilogy(gap.clamp_min(1e-8).numpy(), linewidth=1.0, color="tab:red")
-    gaps.set_ylabel(f"|{runs[0].label} − {runs[1].label}|")
+    gaps.set_ylabel(f"|{runs[0].label} − {runs[1].label}|\n(0 drawn at 1e-8)")
     gaps.set_xlabel("step")
     gaps.grid(alpha=0.3)
     fig.savefig(path, dpi=90)
