@@ -119,6 +119,8 @@ def test_not_differentiable_and_leaves_inputs_alone():
     (lambda q, k: attention_weights(q, k, rows=0.5), ValueError, "rows must be None, an int, a slice"),
     (lambda q, k: attention_weights(q[0, 0], k[0, 0]), ValueError, "query must be a floating-point tensor"),
     (lambda q, k: attention_weights(q, k[:, :, :, :8]), ValueError, "the same head_dim"),
+    (lambda q, k: attention_weights(q, torch.cat([k, k, k])), ValueError, "batch dims of query \\(2,\\) and key "
+                                                                          "\\(6,\\) do not broadcast"),
     (lambda q, k: attention_weights(q, k[:, :1].expand(2, 3, 45, 16)[:, :3]), ValueError, "multiple"),
     (lambda q, k: attention_weights(q, k.double()), ValueError, "share dtype and device"),
     (lambda q, k: attention_weights(q, k, attn_mask=torch.ones(37, 45, dtype=torch.bool), is_causal=True),

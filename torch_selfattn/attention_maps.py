@@ -3,8 +3,9 @@
 The kernels never form softmax(Q·Kᵀ·scale + mask); to look at it, this module
 recomputes it for the heads and rows asked for, one block of query rows at a
 time: P = exp(scores - logsumexp), with the row logsumexp that our forward
-returns. Nothing larger than the result itself (and one block of scores) is
-allocated, so one head's map at L = 8192 costs that map, not B×H×L×S.
+returns. Memory is the result plus one block of scores (and, for chosen rows
+of a causal map, a bool mask of those rows × keys), so one head's map at
+L = 8192 costs about that map, not B×H×L×S.
 """
 import math
 
@@ -42,6 +43,11 @@ def _check(query, key, attn_mask, is_causal):
     if query.dtype != key.dtype or query.device != key.device:
         raise ValueError(f"attention_weights: query and key must share dtype and device, got "
                          f"{query.dtype}/{query.device} and {key.dtype}/{key.device}")
+    try:
+        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3])
+    except RuntimeError:
+        raise ValueError(f"attention_weights: the batch dims of query {tuple(query.shape[:-3])} and key "
+                         f"{tuple(key.shape[:-3])} do not broadcast") from None
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(f"attention_weights: query and key must have the same head_dim, got "
                          f"{query.shape[-1]} and {key.shape[-1]}")
@@ -53,7 +59,7 @@ def _check(query, key, attn_mask, is_causal):
             raise ValueError("attention_weights: attn_mask and is_causal=True cannot be given together")
         if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
             raise ValueError(f"attention_weights: attn_mask must be bool or floating point, got {attn_mask.dtype}")
-        scores = (*torch.broadcast_shapes(query.shape[:-3], key.shape[:-3]), *query.shape[-3:-1], key.shape[-2])
+        scores = (*batch, *query.shape[-3:-1], key.shape[-2])
         try:
             fits = torch.broadcast_shapes(attn_mask.shape, scores) == scores
         except RuntimeError:
