@@ -8,7 +8,7 @@ PyTorch's scaled_dot_product_attention. At the end the demo prints how closely
 their loss curves agree and how fast each ran, samples some text, and writes
 a plot of the losses and the attention map of one trained head.
 
-    python -m torch_selfattn.demo                      # a few minutes on 2 CPU cores
+    python -m torch_selfattn.demo                      # about a minute on 2 CPU cores
     python -m torch_selfattn.demo --steps 3000 --device cuda
 
 Exit status: 0 when the loss curves agree (every step's losses within
