@@ -14,6 +14,9 @@ from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
+# The nvcc architecture flags of the last build, one a line, for
+# `python -m torch_selfattn info`; absent after a CPU-only build.
+CUDA_ARCH_RECORD = os.path.join(ROOT, "torch_selfattn", "_cuda_arch_flags.txt")
 
 
 def sources(pattern):
@@ -43,6 +46,8 @@ def extension():
             "TORCH_SELFATTN_CUDA_ARCH_FLAGS",
             "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a",
         ).split()
+        with open(CUDA_ARCH_RECORD, "w") as f:
+            f.write("\n".join(arch_flags) + "\n")
         return cpp_extension.CUDAExtension(
             "torch_selfattn._C",
             cpp_sources + cuda_sources,
@@ -54,6 +59,8 @@ def extension():
             },
             extra_link_args=link_flags,
         )
+    if os.path.exists(CUDA_ARCH_RECORD):
+        os.remove(CUDA_ARCH_RECORD)
     return cpp_extension.CppExtension(
         "torch_selfattn._C",
         cpp_sources,
@@ -68,10 +75,15 @@ setup(
     version="0.1.0",
     description="Fused, memory-efficient scaled dot-product attention for PyTorch (CPU and CUDA)",
     packages=find_packages(include=["torch_selfattn", "torch_selfattn.*"]),
-    package_data={"torch_selfattn": ["data/*"]},
+    package_data={"torch_selfattn": ["data/*", "_cuda_arch_flags.txt"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.4"],
-    extras_require={"test": ["pytest", "numpy"]},
+    extras_require={
+        "hf": ["transformers>=5.0"],
+        "plot": ["matplotlib"],
+        "demo": ["tqdm", "matplotlib"],
+        "test": ["pytest", "hypothesis", "numpy", "transformers>=5.0", "tqdm", "matplotlib"],
+    },
     python_requires=">=3.9",
 )

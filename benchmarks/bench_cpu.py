@@ -16,8 +16,6 @@ like PyTorch's flash kernel, where the math path would hold L×L scores.
     python benchmarks/bench_cpu.py --markdown out.md
 """
 import argparse
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
+from torch_selfattn.info import cpu_model
 
 
 @dataclass(frozen=True)
@@ -148,16 +147,19 @@ def bench_config(cfg, repeats):
 
 
 MEMORY_PROBE = """
-import resource, sys, torch, torch.nn.functional as F, torch_selfattn
+import sys, torch, torch.nn.functional as F, torch_selfattn
 which, seq_len = sys.argv[1], int(sys.argv[2])
 q, k, v = (torch.randn(1, 1, seq_len, 64, requires_grad=True) for _ in range(3))
 fn = torch_selfattn.scaled_dot_product_attention if which == "ours" else F.scaled_dot_product_attention
 fn(q[:, :, :8], k[:, :, :8], v[:, :, :8]).sum().backward()  # load the kernels before the baseline
 q.grad = k.grad = v.grad = None
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def high_water_kib():  # this process's own peak; ru_maxrss would count the parent's, inherited over fork
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+before = high_water_kib()
 out = fn(q, k, v, is_causal=True)
 out.backward(torch.ones_like(out))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+print(high_water_kib() - before)
 """
 
 
@@ -166,7 +168,7 @@ def peak_memory_mib(which, seq_len):
     result = subprocess.run(
         [sys.executable, "-c", MEMORY_PROBE, which, str(seq_len)], capture_output=True, text=True, check=True
     )
-    return int(result.stdout.strip()) / 1024  # ru_maxrss is in KiB on Linux
+    return int(result.stdout.strip()) / 1024
 
 
 def memory_table():
@@ -187,17 +189,6 @@ def memory_table():
         lines.append(row)
         print(row, flush=True)
     return lines
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():

@@ -16,11 +16,16 @@ RESULTS = (4 * H * L * E + H * L) * 4  # about 16 MiB
 
 CHILD = textwrap.dedent(
     f"""
-    import json, resource, sys
+    import json, sys
     import torch, torch_selfattn
 
     def peak_mib():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        # VmHWM, the peak of this process's own memory map. Not ru_maxrss:
+        # a child's ru_maxrss starts at its parent's resident set (Linux folds
+        # the pre-exec memory map into it), so a large pytest process hides
+        # the child's own peak.
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
     H, E = {H}, {E}
 

@@ -6,13 +6,27 @@ PyTorch's dispatcher:
 - ``torch.ops.selfattn.scaled_dot_product_attention``: PyTorch's SDPA semantics;
 - ``torch.ops.selfattn.attention_forward`` / ``attention_backward``: the core
   4-D kernels (CPU, Meta and Autograd; CUDA when built with it).
+
+Hugging Face transformers: ``torch_selfattn.integrations.huggingface.register()``
+makes ``attn_implementation="torch_selfattn"`` available.
 """
 from torch_selfattn._library import build_info, load_library
 
 load_library()
 
+from torch_selfattn.attention_maps import attention_weights  # noqa: E402
 from torch_selfattn.functional import scaled_dot_product_attention  # noqa: E402
+from torch_selfattn.multihead_self_attention import MultiheadSelfAttention  # noqa: E402
 from torch_selfattn.patching import patch_sdpa, unpatch_sdpa  # noqa: E402
+from torch_selfattn.plotting import plot_attention  # noqa: E402
 
-__all__ = ["scaled_dot_product_attention", "patch_sdpa", "unpatch_sdpa", "build_info"]
+__all__ = [
+    "scaled_dot_product_attention",
+    "MultiheadSelfAttention",
+    "attention_weights",
+    "plot_attention",
+    "patch_sdpa",
+    "unpatch_sdpa",
+    "build_info",
+]
 __version__ = "0.1.0"

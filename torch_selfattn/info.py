@@ -1,0 +1,64 @@
+"""`python -m torch_selfattn info`: what this installation was built with and
+what it runs on."""
+import importlib.metadata
+import os
+import platform
+import re
+
+import torch
+
+from torch_selfattn._library import build_info
+
+_CUDA_ARCH_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_arch_flags.txt")
+
+
+def compiled_cuda_archs():
+    """The GPU architectures our CUDA kernels were compiled for (e.g. sm_80,
+    sm_90a), read from the nvcc flags that setup.py recorded; [] for a
+    CPU-only build."""
+    if "CUDA" not in build_info()["backends"] or not os.path.exists(_CUDA_ARCH_RECORD):
+        return []
+    with open(_CUDA_ARCH_RECORD) as f:
+        return sorted(set(re.findall(r"code=\[?([a-z]+_\d+a?)", f.read())))
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def report():
+    """The lines that `info` prints."""
+    from torch_selfattn import __version__
+
+    info = build_info()
+    archs = compiled_cuda_archs()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+    tile_gemm = {"blas": "blas (the BLAS PyTorch links)", "portable": "portable (our own loops)"}
+    return [
+        f"torch-selfattn {__version__}",
+        f"  library        {info['library']}",
+        f"  kernels for    {', '.join(info['backends'])}",
+        f"  CPU tiles      {tile_gemm.get(info['tile_gemm'], info['tile_gemm'])}",
+        f"  CUDA archs     {', '.join(archs) if archs else 'none (built without CUDA kernels)'}",
+        f"versions         torch {torch.__version__}, Python {platform.python_version()}, "
+        f"transformers {_version('transformers')}, matplotlib {_version('matplotlib')}, tqdm {_version('tqdm')}",
+        f"CPU              {cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads",
+        f"CPU ISA in use   {torch.backends.cpu.get_cpu_capability()} (PyTorch's kernels and its BLAS dispatch on it, "
+        f"so our tile products do too; our other loops are compiled for the {platform.machine()} baseline)",
+        f"CUDA             torch built with {torch.version.cuda or 'no CUDA'}; GPU: {gpu}",
+    ]
