@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include "cpu/dispatch_dtype.h"
+#include "cpu/env_flags.h"
 #include "cpu/kernels.h"
 #include "cpu/tile_ops.h"
 
@@ -311,7 +312,9 @@ void head_pass(const AttentionBackwardParams& bp) {
   const int64_t E = p.head_dim, Ev = p.value_dim;
   const int64_t tile_size = kQueryTile * kKeyTile;
   const int64_t key_tiles = ceil_div(p.kv_len, kKeyTile);
-  const bool keeps_all = 2 * key_tiles * tile_size * static_cast<int64_t>(sizeof(acc_t)) <= kTileStoreBytes;
+  static const bool store_disabled = env_flag("TORCH_SELFATTN_NO_TILE_STORE");
+  const bool keeps_all =
+      !store_disabled && 2 * key_tiles * tile_size * static_cast<int64_t>(sizeof(acc_t)) <= kTileStoreBytes;
 
   at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);

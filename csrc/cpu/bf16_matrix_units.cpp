@@ -3,11 +3,14 @@
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/BFloat16.h>
 
+#include "cpu/env_flags.h"
+
 namespace selfattn::cpu {
 
 bool bf16_matrix_units_available() {
   // Asked once: the answer depends on the CPU only.
-  static const bool available = at::native::cpublas::could_pack(at::kBFloat16);
+  static const bool available =
+      at::native::cpublas::could_pack(at::kBFloat16) && !env_flag("TORCH_SELFATTN_NO_MATRIX_UNITS");
   return available;
 }
 

@@ -1,7 +1,6 @@
 #include "cpu/tile_gemm.h"
 
-#include <cstdlib>
-#include <cstring>
+#include "cpu/env_flags.h"
 
 // PyTorch's CPU library exports the Fortran BLAS entry points of the BLAS it
 // was built with (MKL on x86-64 wheels). They are declared weak, so a torch
@@ -18,14 +17,8 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace selfattn::cpu {
 namespace {
 
-// TORCH_SELFATTN_PORTABLE_GEMM=1 forces the portable loops, so that the tests
-// can check them on a machine that has a BLAS. Read once: kernels stay
-// free of mutable global state.
 bool blas_disabled_by_env() {
-  static const bool disabled = [] {
-    const char* v = std::getenv("TORCH_SELFATTN_PORTABLE_GEMM");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
+  static const bool disabled = env_flag("TORCH_SELFATTN_PORTABLE_GEMM");
   return disabled;
 }
 
