@@ -2,8 +2,8 @@
 //   CPU      csrc/cpu/cpu_ops.cpp
 //   Meta     csrc/api/meta_ops.cpp
 //   Autograd csrc/api/autograd_ops.cpp
-// cpu_tile_gemm has no tensor arguments and one kernel for every backend,
-// in csrc/cpu/cpu_ops.cpp.
+// cpu_tile_gemm and cpu_kernel_paths have no tensor arguments and one kernel
+// for every backend, in csrc/cpu/cpu_ops.cpp.
 // and scaled_dot_product_attention, which turns PyTorch's SDPA semantics into
 // calls of the core ops, is CompositeImplicitAutograd (csrc/api/sdpa.cpp).
 #include <torch/library.h>
@@ -35,4 +35,7 @@ TORCH_LIBRARY(selfattn, m) {
   // Which tile products the CPU kernels use: "blas" (the BLAS PyTorch links)
   // or "portable" (our own loops).
   m.def("cpu_tile_gemm() -> str");
+  // Which paths the CPU kernels take on this machine: the level of the
+  // vectorised loops, and "matrix units (AMX)" or "float products" for bfloat16.
+  m.def("cpu_kernel_paths() -> str[]");
 }

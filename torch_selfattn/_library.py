@@ -25,11 +25,20 @@ def load_library():
 
 def build_info():
     """What the loaded library was built with: its path, the backends that
-    have kernels for the core ops, and the CPU kernels' tile products
-    ("blas": the BLAS that PyTorch links, or "portable")."""
+    have kernels for the core ops, the CPU kernels' tile products ("blas":
+    the BLAS that PyTorch links, or "portable"), the x86-64 level of their
+    vectorised loops, and how they multiply bfloat16 ("matrix units (AMX)"
+    or "float products")."""
     backends = [
         key
         for key in ("CPU", "CUDA", "Meta")
         if torch._C._dispatch_has_kernel_for_dispatch_key("selfattn::attention_forward", key)
     ]
-    return {"library": _library_path(), "backends": backends, "tile_gemm": torch.ops.selfattn.cpu_tile_gemm()}
+    vector_loops, bf16_products = torch.ops.selfattn.cpu_kernel_paths()
+    return {
+        "library": _library_path(),
+        "backends": backends,
+        "tile_gemm": torch.ops.selfattn.cpu_tile_gemm(),
+        "vector_loops": vector_loops,
+        "bf16_products": bf16_products,
+    }

@@ -53,12 +53,13 @@ def report():
         f"  library        {info['library']}",
         f"  kernels for    {', '.join(info['backends'])}",
         f"  CPU tiles      {tile_gemm.get(info['tile_gemm'], info['tile_gemm'])}",
+        f"  CPU loops      {info['vector_loops']}; bfloat16 products on {info['bf16_products']}",
         f"  CUDA archs     {', '.join(archs) if archs else 'none (built without CUDA kernels)'}",
         f"versions         torch {torch.__version__}, Python {platform.python_version()}, "
         f"transformers {_version('transformers')}, matplotlib {_version('matplotlib')}, tqdm {_version('tqdm')}",
         f"CPU              {cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads",
-        f"CPU ISA in use   {torch.backends.cpu.get_cpu_capability()} (PyTorch's kernels and its BLAS dispatch on it, "
-        f"so our tile products do too; our other loops are compiled for the {platform.machine()} baseline)",
+        f"CPU ISA in use   {torch.backends.cpu.get_cpu_capability()} in PyTorch and its BLAS (our tile products); "
+        f"{info['vector_loops']} in our vectorised loops",
         f"CUDA             torch built with {torch.version.cuda or 'no CUDA'}; GPU: {gpu}",
     ]

@@ -6,10 +6,13 @@
 
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "api/core_inputs.h"
 #include "cpu/kernels.h"
+#include "cpu/bf16_matrix_units.h"
 #include "cpu/tile_gemm.h"
+#include "cpu/vector_ops.h"
 
 namespace selfattn {
 namespace {
@@ -73,6 +76,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
 
 std::string cpu_tile_gemm() { return cpu::tile_gemm_uses_blas() ? "blas" : "portable"; }
 
+std::vector<std::string> cpu_kernel_paths() {
+  return {cpu::vector_ops_level(),
+          cpu::bf16_matrix_units_available() ? "matrix units (AMX)" : "float products"};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(selfattn, CPU, m) {
@@ -80,6 +88,9 @@ TORCH_LIBRARY_IMPL(selfattn, CPU, m) {
   m.impl("attention_backward", &attention_backward_cpu);
 }
 
-TORCH_LIBRARY_IMPL(selfattn, CompositeExplicitAutograd, m) { m.impl("cpu_tile_gemm", &cpu_tile_gemm); }
+TORCH_LIBRARY_IMPL(selfattn, CompositeExplicitAutograd, m) {
+  m.impl("cpu_tile_gemm", &cpu_tile_gemm);
+  m.impl("cpu_kernel_paths", &cpu_kernel_paths);
+}
 
 }  // namespace selfattn

@@ -76,6 +76,15 @@ SELFATTN_INLINE void add_row_sums_impl(const T* p, const T* dp, int64_t n, doubl
 
 }  // namespace
 
+// Asks what the clones' resolver asks.
+const char* vector_ops_level() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2)";
+#endif
+  return "baseline";
+}
+
 SELFATTN_CLONED float max_element(const float* x, int64_t n) { return max_element_impl(x, n); }
 SELFATTN_CLONED double max_element(const double* x, int64_t n) { return max_element_impl(x, n); }
 

@@ -9,6 +9,10 @@
 
 namespace selfattn::cpu {
 
+// The x86-64 level whose clones run on this CPU: "x86-64-v4 (AVX-512)",
+// "x86-64-v3 (AVX2)", or "baseline".
+const char* vector_ops_level();
+
 // Largest of x[0, n): NaN if any element is NaN (so that a NaN score poisons
 // its row, as in PyTorch), −inf if n = 0.
 float max_element(const float* x, int64_t n);
