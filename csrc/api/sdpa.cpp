@@ -21,8 +21,6 @@ using SymShape = c10::SymDimVector;
 
 constexpr const char* kOp = "scaled_dot_product_attention";
 
-SymShape shape_of(c10::SymIntArrayRef sizes) { return SymShape(sizes.begin(), sizes.end()); }
-
 SymShape slice(c10::SymIntArrayRef sizes, int64_t begin, int64_t end) {
   return SymShape(sizes.begin() + begin, sizes.begin() + end);
 }

@@ -318,8 +318,10 @@ void head_pass(const AttentionBackwardParams& bp) {
 
   at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);
-    Scratch<acc_t> probs((keeps_all ? key_tiles : 1) * tile_size), grads((keeps_all ? key_tiles : 1) * tile_size);
-    const TileStore<acc_t> store{probs.data(), grads.data(), keeps_all};
+    // Without room for every tile, the workspace's own tile serves.
+    Scratch<acc_t> kept_probs(keeps_all ? key_tiles * tile_size : 0), kept_grads(keeps_all ? key_tiles * tile_size : 0);
+    const TileStore<acc_t> store = keeps_all ? TileStore<acc_t>{kept_probs.data(), kept_grads.data(), true}
+                                             : TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false};
     Scratch<acc_t> dk(p.kv_len * E), dv(p.kv_len * Ev);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p.kv_heads, kv_head = task % p.kv_heads;

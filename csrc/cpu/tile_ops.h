@@ -13,7 +13,6 @@
 #include <limits>
 #include <memory>
 #include <type_traits>
-#include <vector>
 
 #include "common/attention_params.h"
 #include "common/philox.h"
