@@ -339,11 +339,12 @@ void head_pass(const AttentionBackwardParams& bp) {
             const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
             acc_t* tile_probs = store.probs_of(col0 / kKeyTile);
             acc_t* tile_grads = store.grads_of(col0 / kKeyTile);
-            load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
-            if (keeps_all) {
+            if (keeps_all) {  // P and dP are kept: only K is needed again, for dQ
+              load_tile<scalar_t>(p.k, b, kv_head, col0, t.cols, E, ws.k.data(), E);
               for (int64_t r = 0; r < rows; ++r) scale(tile_probs + r * kKeyTile, t.cols, ws.row_scale.data()[r]);
               if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
             } else {
+              load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
               probabilities_and_their_gradient(p, t, ws, tile_probs, tile_grads);
             }
             to_score_gradient(t, tile_probs, tile_grads, ws);

@@ -78,15 +78,13 @@ class MatrixUnitProducts {
   }
 
   void begin_query_tile(int64_t b, int64_t h, int64_t row0, int64_t rows) {
-    const auto* base = static_cast<const uint16_t*>(p_.q.data);
     if (p_.q.stride.col == 1 && p_.q.stride.row >= p_.head_dim) {
-      q_ = base + p_.q.stride.offset(b, h, row0, 0);
+      q_ = static_cast<const uint16_t*>(p_.q.data) + p_.q.stride.offset(b, h, row0, 0);
       q_ld_ = p_.q.stride.row;
       return;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t c = 0; c < p_.head_dim; ++c) q_copy_[r * p_.head_dim + c] = base[p_.q.stride.offset(b, h, row0 + r, c)];
-    }
+    // A packed copy of the raw bfloat16 bit patterns.
+    load_tile<uint16_t>(p_.q, b, h, row0, rows, p_.head_dim, q_copy_.data(), p_.head_dim);
     q_ = q_copy_.data();
     q_ld_ = p_.head_dim;
   }
