@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "common/host_device.h"
+
 namespace selfattn {
 
 enum class ElementType : int8_t { Float16, BFloat16, Float32, Float64, Bool };
@@ -14,7 +16,7 @@ enum class ElementType : int8_t { Float16, BFloat16, Float32, Float64, Bool };
 struct Strides4 {
   int64_t batch = 0, head = 0, row = 0, col = 0;
 
-  int64_t offset(int64_t b, int64_t h, int64_t r, int64_t c) const {
+  SELFATTN_HOST_DEVICE int64_t offset(int64_t b, int64_t h, int64_t r, int64_t c) const {
     return b * batch + h * head + r * row + c * col;
   }
 };
@@ -34,7 +36,7 @@ struct DropoutParams {
   uint64_t seed = 0;
   uint64_t offset = 0;
 
-  bool enabled() const { return p > 0.0; }
+  SELFATTN_HOST_DEVICE bool enabled() const { return p > 0.0; }
 };
 
 struct AttentionParams {
@@ -63,7 +65,7 @@ struct AttentionParams {
   double scale = 1.0;
   DropoutParams dropout;
 
-  int64_t group_size() const { return q_heads / kv_heads; }
+  SELFATTN_HOST_DEVICE int64_t group_size() const { return q_heads / kv_heads; }
 };
 
 struct AttentionBackwardParams {

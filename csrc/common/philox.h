@@ -7,11 +7,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SELFATTN_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SELFATTN_HOST_DEVICE inline
-#endif
+#include "common/host_device.h"
 
 namespace selfattn {
 

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call on a CUDA machine, from the
+# repository root (bash benchmarks/gpu_check.sh). Steps, each logged under
+# $OUT (default ./gpu_check_out) and timed:
+#   build     the extension with its CUDA kernels, in place      build.log
+#   tests     tests/test_cuda*.py, then the rest of the suite    tests.log
+#   sanitize  compute-sanitizer memcheck and racecheck on
+#             benchmarks/sanitize_case.py                        sanitizer.log
+#   bench     benchmarks/bench_gpu.py                            bench.log, gpu_table.md
+# Environment:
+#   STEPS          the steps to run, in order (default "build tests sanitize bench")
+#   BENCH_ARGS     extra flags for bench_gpu.py, e.g. "--quick" or "--dtypes bf16"
+#   TORCH_SELFATTN_CUDA_ARCH_FLAGS   nvcc -gencode flags (default sm_90a only: H100)
+#   TESTS_TIMEOUT  seconds each pytest run may take (default 300)
+# Stops at the first failing step and prints the tail of its log.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-./gpu_check_out}"
+mkdir -p "$OUT"
+STEPS="${STEPS:-build tests sanitize bench}"
+TESTS_TIMEOUT="${TESTS_TIMEOUT:-300}"
+export PYTHONUNBUFFERED=1
+# The scripts in benchmarks/ import torch_selfattn from the in-place build.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+fail() {  # log message
+  echo "FAILED: $2" >&2
+  if [[ -f "$1" ]]; then
+    echo "---- last 80 lines of $1 ----" >&2
+    tail -n 80 "$1" >&2
+  fi
+  exit 1
+}
+
+# Runs a command with its output appended to a log; fails the script with the log's tail.
+logged() {  # log command...
+  local log=$1
+  shift
+  echo "\$ $*" >>"$log"
+  "$@" >>"$log" 2>&1 || fail "$log" "$* (exit $?)"
+}
+
+# Without this, a build that silently fell back to CPU only would turn every CUDA test into a skip.
+require_cuda_library() {  # log
+  logged "$1" python3 -c "
+import sys, torch, torch_selfattn
+info = torch_selfattn.build_info()
+print('torch', torch.__version__, '| build_info:', info)
+if 'CUDA' not in info['backends']:
+    sys.exit('torch_selfattn has no CUDA kernels: was nvcc found at build time?')
+print('device:', torch.cuda.get_device_name())"
+}
+
+step_build() {
+  local log="$OUT/build.log"
+  : >"$log"
+  logged "$log" env MAX_JOBS=16 \
+    TORCH_SELFATTN_CUDA_ARCH_FLAGS="${TORCH_SELFATTN_CUDA_ARCH_FLAGS:--gencode=arch=compute_90a,code=sm_90a}" \
+    python3 setup.py build_ext --inplace
+  require_cuda_library "$log"
+  tail -n 1 "$log"
+}
+
+step_tests() {
+  local log="$OUT/tests.log"
+  : >"$log"
+  require_cuda_library "$log"
+  # SIGINT first so that pytest prints what it has; KILL if a kernel hangs.
+  logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" \
+    python3 -m pytest tests/test_cuda.py tests/test_cuda_runtime.py -q -rs --durations=10
+  logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" \
+    python3 -m pytest tests -q -x --ignore-glob='tests/test_cuda*.py'
+  grep -E "^[0-9]+ (passed|failed|skipped)|^=+ .*(passed|failed)" "$log" || true
+}
+
+find_sanitizer() {
+  command -v compute-sanitizer && return
+  local candidate="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+  [[ -x "$candidate" ]] && echo "$candidate" && return
+  return 1
+}
+
+step_sanitize() {
+  local log="$OUT/sanitizer.log" sanitizer
+  : >"$log"
+  sanitizer=$(find_sanitizer) ||
+    fail "$log" "compute-sanitizer not found on PATH nor in \${CUDA_HOME:-/usr/local/cuda}/bin"
+  # Without PyTorch's caching allocator every tensor is its own allocation,
+  # so memcheck sees a read past a tensor's end instead of into a pooled neighbour.
+  for tool in memcheck racecheck; do
+    logged "$log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 20 python3 benchmarks/sanitize_case.py
+  done
+  grep -E "SUMMARY" "$log" || true
+}
+
+step_bench() {
+  local log="$OUT/bench.log" bench_args
+  : >"$log"
+  read -r -a bench_args <<<"${BENCH_ARGS:-}"
+  logged "$log" python3 benchmarks/bench_gpu.py --out "$OUT/gpu_table.md" ${bench_args[@]+"${bench_args[@]}"}
+  cat "$OUT/gpu_table.md"
+}
+
+for step in $STEPS; do
+  case "$step" in
+    build | tests | sanitize | bench) ;;
+    *) fail "" "unknown step '$step' in STEPS (known: build tests sanitize bench)" ;;
+  esac
+  start=$SECONDS
+  echo "== $step"
+  "step_$step"
+  echo "== $step: ok, $((SECONDS - start)) s"
+done

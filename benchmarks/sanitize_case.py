@@ -1,0 +1,55 @@
+"""A small forward+backward through each CUDA kernel family, for
+compute-sanitizer (benchmarks/gpu_check.sh runs it under memcheck and
+racecheck). Lengths of 100 leave partial tiles at every edge:
+
+- fp16, E=64, causal, GQA (8 query heads on 2 key/value heads): tensor cores;
+- fp32 with a float mask that requires grad, E=40, Ev=24: the scalar kernels
+  and the atomic mask-gradient sum over the broadcast batch dim;
+- bf16 with dropout, E=128: tensor cores with the Philox stream.
+
+Exits 0 when every result is finite; the sanitizer decides the rest.
+
+    compute-sanitizer --tool memcheck python benchmarks/sanitize_case.py
+"""
+import sys
+
+import torch
+
+import torch_selfattn
+
+
+def leaf(shape, dtype, g):
+    return torch.randn(shape, generator=g, device="cuda", dtype=torch.float32).to(dtype).requires_grad_()
+
+
+def run_case(name, dtype, Hq, H, E, Ev, g, mask_shape=None, **kwargs):
+    q = leaf((2, Hq, 100, E), dtype, g)
+    k = leaf((2, H, 100, E), dtype, g)
+    v = leaf((2, H, 100, Ev), dtype, g)
+    leaves = [q, k, v]
+    if mask_shape is not None:
+        kwargs["attn_mask"] = leaf(mask_shape, dtype, g)
+        leaves.append(kwargs["attn_mask"])
+    out = torch_selfattn.scaled_dot_product_attention(q, k, v, **kwargs)
+    grads = torch.autograd.grad(out, leaves, torch.randn(out.shape, generator=g, device="cuda").to(dtype))
+    torch.cuda.synchronize()
+    finite = all(bool(torch.isfinite(t).all()) for t in (out, *grads))
+    print(f"{name}: output {tuple(out.shape)} {dtype}, {len(grads)} gradients, finite: {finite}", flush=True)
+    return finite
+
+
+def main():
+    if not torch.cuda.is_available() or "CUDA" not in torch_selfattn.build_info()["backends"]:
+        sys.exit("sanitize_case: needs a CUDA device and torch_selfattn built with its CUDA kernels")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    torch.manual_seed(0)
+    results = [
+        run_case("fp16 causal GQA", torch.float16, Hq=8, H=2, E=64, Ev=64, g=g, is_causal=True, enable_gqa=True),
+        run_case("fp32 float mask with grad", torch.float32, Hq=3, H=3, E=40, Ev=24, g=g, mask_shape=(1, 3, 100, 100)),
+        run_case("bf16 dropout", torch.bfloat16, Hq=4, H=4, E=128, Ev=128, g=g, dropout_p=0.2),
+    ]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

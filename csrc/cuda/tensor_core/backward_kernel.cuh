@@ -1,0 +1,267 @@
+// FlashAttention-2 backward with mma.sync. A block owns kBlockN key rows of
+// one key/value head and keeps their dK and dV in registers; it walks over
+// every tile of kBlockM query rows of every query head that reads this kv
+// head (GQA needs no expanded K/V and no reduction afterwards):
+//
+//   load K, V (once), Q[0], dO[0]
+//   for each query tile:                   (Q, dO double-buffered where shared memory allows)
+//     S = Q·Kᵀ, dP = dO·Vᵀ                 mma.sync
+//     P = exp2(S − lse), dS = P ∘ (Z∘dP − D)  in registers; Z the dropout multipliers
+//     P∘Z and dS → shared memory
+//     dV += (P∘Z)ᵀ·dO, dK += dSᵀ·Q           transposed reads with ldmatrix.trans
+//     dQ += dS·K                            atomically added into a float32 buffer
+//   write dK·scale, dV
+#pragma once
+
+#include "cuda/tensor_core/forward_kernel.cuh"
+
+namespace selfattn::cuda::tc {
+
+template <int kBlockM_, int kBlockN_, int kWarps_, int kStages_>
+struct BackwardShape {
+  static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_, kWarps = kWarps_, kStages = kStages_;
+  static constexpr int kThreads = kWarps * 32;
+  // S, dP and dQ: warps in a grid of kWarpsM 16-row tiles × kWarpsN column groups.
+  static constexpr int kWarpsM = kBlockM / 16, kWarpsN = kWarps / kWarpsM;
+  // dK and dV: warps in a grid of kKVWarpsM 16-row tiles × kKVWarpsN column groups.
+  static constexpr int kKVWarpsM = kBlockN / 16 < kWarps ? kBlockN / 16 : kWarps;
+  static constexpr int kKVWarpsN = kWarps / kKVWarpsM;
+  static_assert(kWarpsM * kWarpsN == kWarps && kKVWarpsM * kKVWarpsN == kWarps, "warp grids cover the block");
+  static_assert(kKVWarpsM * 16 == kBlockN, "each warp owns one 16-row tile of dK and dV");
+};
+
+template <typename T, int kDim, typename Shape>
+__global__ void __launch_bounds__(Shape::kThreads)
+    backward_kernel(const AttentionBackwardParams bp, const DropoutSeed seed, const BackwardBuffers buffers) {
+  constexpr int kBlockM = Shape::kBlockM, kBlockN = Shape::kBlockN, kThreads = Shape::kThreads;
+  constexpr int kStages = Shape::kStages;
+  constexpr int kSCols = kBlockN / Shape::kWarpsN;     // S columns per warp
+  constexpr int kQCols = kDim / Shape::kWarpsN;        // dQ columns per warp
+  constexpr int kKVCols = kDim / Shape::kKVWarpsN;     // dK, dV columns per warp
+  static_assert(kSCols % 16 == 0 && kQCols % 16 == 0 && kKVCols % 16 == 0, "pairs of 8-column blocks");
+  using KVTile = SharedTile<T, kBlockN, kDim>;
+  using QTile = SharedTile<T, kBlockM, kDim>;
+  using PTile = SharedTile<T, kBlockM, kBlockN>;
+  const AttentionParams& p = bp.fwd;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* next = smem;
+  auto carve = [&](int bytes) { T* at = reinterpret_cast<T*>(next); next += bytes; return at; };
+  const KVTile k_tile{carve(KVTile::kBytes)}, v_tile{carve(KVTile::kBytes)};
+  // Stage st of Q and dO: the stages lie back to back.
+  T* const q_stages = carve(kStages * QTile::kBytes);
+  T* const do_stages = carve(kStages * QTile::kBytes);
+  auto q_tile_of = [&](int stage) { return QTile{q_stages + stage * (QTile::kBytes / int(sizeof(T)))}; };
+  auto do_tile_of = [&](int stage) { return QTile{do_stages + stage * (QTile::kBytes / int(sizeof(T)))}; };
+  const PTile p_tile{carve(PTile::kBytes)}, ds_tile{carve(PTile::kBytes)};
+
+  const int64_t n_blocks = ceil_div(p.kv_len, kBlockN);
+  const int64_t head = blockIdx.x / n_blocks;
+  const int64_t b = head / p.kv_heads, kv_head = head % p.kv_heads;
+  const int64_t col0 = (blockIdx.x % n_blocks) * kBlockN;
+  const int64_t group = p.group_size();
+  const int64_t m_blocks = ceil_div(p.q_len, kBlockM);
+  // Under causal masking query rows above col0 see none of these keys.
+  const int64_t m_first = p.causal ? col0 / kBlockM : 0;
+  const int64_t m_per_head = m_blocks > m_first ? m_blocks - m_first : 0;
+  const int64_t iterations = group * m_per_head;
+  const int E = static_cast<int>(p.head_dim), Ev = static_cast<int>(p.value_dim);
+
+  const Dropout dropout = resolve_dropout(p, seed, false);
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const bool mask_grad = buffers.grad_mask_accum.data != nullptr;
+
+  {
+    const int cols = static_cast<int>(smaller(kBlockN, p.kv_len - col0));
+    const T* k = static_cast<const T*>(p.k.data) + b * p.k.stride.batch + kv_head * p.k.stride.head;
+    const T* v = static_cast<const T*>(p.v.data) + b * p.v.stride.batch + kv_head * p.v.stride.head;
+    k_tile.template load_async<kThreads>(k + col0 * p.k.stride.row, p.k.stride.row, cols, E);
+    v_tile.template load_async<kThreads>(v + col0 * p.v.stride.row, p.v.stride.row, cols, Ev);
+  }
+  // Query head and first row of iteration `it`.
+  auto query_tile = [&](int64_t it, int64_t& h, int64_t& row0) {
+    h = kv_head * group + it / m_per_head;
+    row0 = (m_first + it % m_per_head) * kBlockM;
+  };
+  auto load_query_side = [&](int64_t it, int stage) {
+    int64_t h, row0;
+    query_tile(it, h, row0);
+    const int rows = static_cast<int>(smaller(kBlockM, p.q_len - row0));
+    const T* q = static_cast<const T*>(p.q.data) + b * p.q.stride.batch + h * p.q.stride.head + row0 * p.q.stride.row;
+    const T* dout = static_cast<const T*>(bp.grad_out.data) + b * bp.grad_out.stride.batch +
+                    h * bp.grad_out.stride.head + row0 * bp.grad_out.stride.row;
+    q_tile_of(stage).template load_async<kThreads>(q, p.q.stride.row, rows, E);
+    do_tile_of(stage).template load_async<kThreads>(dout, bp.grad_out.stride.row, rows, Ev);
+  };
+  if (iterations > 0) load_query_side(0, 0);
+  commit_async_copies();
+
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int wm = warp % Shape::kWarpsM, wn = warp / Shape::kWarpsM;        // S, dP and dQ
+  const int kvm = warp % Shape::kKVWarpsM, kvn = warp / Shape::kKVWarpsM;  // dK and dV
+
+  float dk[kKVCols / 8][4] = {}, dv[kKVCols / 8][4] = {};
+
+  for (int64_t it = 0; it < iterations; ++it) {
+    const int stage = kStages == 2 ? static_cast<int>(it & 1) : 0;
+    if (kStages == 2 && it + 1 < iterations) {
+      load_query_side(it + 1, static_cast<int>((it + 1) & 1));
+      commit_async_copies();
+      wait_async_copies<1>();
+    } else {
+      wait_async_copies<0>();
+    }
+    __syncthreads();
+    const QTile q_tile = q_tile_of(stage), do_tile = do_tile_of(stage);
+    int64_t h, row0;
+    query_tile(it, h, row0);
+
+    // S = Q·Kᵀ and dP = dO·Vᵀ for this warp's 16 rows × kSCols columns.
+    float s[kSCols / 8][4] = {}, dp[kSCols / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kDim / 16; ++kk) {
+      uint32_t a[4], a_do[4];
+      q_tile.load_a(a, wm * 16, kk * 16);
+      do_tile.load_a(a_do, wm * 16, kk * 16);
+#pragma unroll
+      for (int nb = 0; nb < kSCols / 8; nb += 2) {
+        uint32_t bk[4], bv[4];
+        k_tile.load_b_pair_of_transpose(bk, wn * kSCols + nb * 8, kk * 16);
+        v_tile.load_b_pair_of_transpose(bv, wn * kSCols + nb * 8, kk * 16);
+        mma_16x8x16<T>(s[nb], a, bk[0], bk[1]);
+        mma_16x8x16<T>(s[nb + 1], a, bk[2], bk[3]);
+        mma_16x8x16<T>(dp[nb], a_do, bv[0], bv[1]);
+        mma_16x8x16<T>(dp[nb + 1], a_do, bv[2], bv[3]);
+      }
+    }
+
+    // The two rows this thread holds: their logsumexp (log2 domain) and D.
+    float lse_log2[2], delta[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t i = row0 + wm * 16 + g + half * 8;
+      const int64_t row = (b * p.q_heads + h) * p.q_len + i;
+      const float lse = i < p.q_len ? static_cast<const float*>(p.logsumexp)[row] : -INFINITY;
+      // A fully masked row (lse −inf) has P = 0: shifting by +inf gives exp2(−inf).
+      lse_log2[half] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+      delta[half] = i < p.q_len ? static_cast<const float*>(bp.delta)[row] : 0.f;
+    }
+
+    const bool needs_mask = p.mask_kind != MaskKind::None || col0 + kBlockN > p.kv_len ||
+                            (p.causal && col0 + kBlockN - 1 > row0);
+#pragma unroll
+    for (int nb = 0; nb < kSCols / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int half = e >> 1;
+        const int64_t i = row0 + wm * 16 + g + half * 8;
+        const int64_t j = col0 + wn * kSCols + nb * 8 + 2 * t + (e & 1);
+        const bool inside = i < p.q_len && j < p.kv_len;
+        float x = s[nb][e] * scale_log2;
+        if (needs_mask) {
+          if (!inside || causally_hidden(p, i, j)) {
+            x = -INFINITY;
+          } else if (p.mask_kind != MaskKind::None) {
+            x += mask_term<float>(p, b, h, i, j) * kLog2e;
+          }
+        }
+        const float prob = exp2f(x - lse_log2[half]);
+        float z = 1.f;
+        if (dropout.enabled && inside) {
+          z = dropout.keeps(score_index(p, b, h, i, j)) ? static_cast<float>(dropout.keep_scale) : 0.f;
+        }
+        const float ds = prob * (dp[nb][e] * z - delta[half]);
+        if (mask_grad && inside && !causally_hidden(p, i, j)) add_mask_gradient<float>(buffers, b, h, i, j, ds);
+        s[nb][e] = prob * z;
+        dp[nb][e] = ds;
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = wm * 16 + g + half * 8, col = wn * kSCols + nb * 8 + 2 * t;
+        p_tile.store_pair(row, col, pack_pair<T>(s[nb][2 * half], s[nb][2 * half + 1]));
+        ds_tile.store_pair(row, col, pack_pair<T>(dp[nb][2 * half], dp[nb][2 * half + 1]));
+      }
+    }
+    __syncthreads();
+
+    // dV += (P∘Z)ᵀ·dO and dK += dSᵀ·Q for this warp's 16 keys × kKVCols columns.
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      uint32_t a_p[4], a_ds[4];
+      p_tile.load_a_of_transpose(a_p, kvm * 16, kk * 16);
+      ds_tile.load_a_of_transpose(a_ds, kvm * 16, kk * 16);
+#pragma unroll
+      for (int db = 0; db < kKVCols / 8; db += 2) {
+        uint32_t b_do[4], b_q[4];
+        do_tile.load_b_pair(b_do, kk * 16, kvn * kKVCols + db * 8);
+        q_tile.load_b_pair(b_q, kk * 16, kvn * kKVCols + db * 8);
+        mma_16x8x16<T>(dv[db], a_p, b_do[0], b_do[1]);
+        mma_16x8x16<T>(dv[db + 1], a_p, b_do[2], b_do[3]);
+        mma_16x8x16<T>(dk[db], a_ds, b_q[0], b_q[1]);
+        mma_16x8x16<T>(dk[db + 1], a_ds, b_q[2], b_q[3]);
+      }
+    }
+
+    // dQ += dS·K for this warp's 16 rows × kQCols columns, into the float32 buffer.
+    {
+      float dq[kQCols / 8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        uint32_t a[4];
+        ds_tile.load_a(a, wm * 16, kk * 16);
+#pragma unroll
+        for (int db = 0; db < kQCols / 8; db += 2) {
+          uint32_t bk[4];
+          k_tile.load_b_pair(bk, kk * 16, wn * kQCols + db * 8);
+          mma_16x8x16<T>(dq[db], a, bk[0], bk[1]);
+          mma_16x8x16<T>(dq[db + 1], a, bk[2], bk[3]);
+        }
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t i = row0 + wm * 16 + g + half * 8;
+        if (i >= p.q_len) continue;
+        float* accum = buffers.grad_q_accum + ((b * p.q_heads + h) * p.q_len + i) * E;
+#pragma unroll
+        for (int db = 0; db < kQCols / 8; ++db) {
+          const int col = wn * kQCols + db * 8 + 2 * t;
+          if (col < E) {
+            atomicAdd(accum + col, dq[db][2 * half]);
+            atomicAdd(accum + col + 1, dq[db][2 * half + 1]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    if (kStages == 1 && it + 1 < iterations) {
+      load_query_side(it + 1, 0);
+      commit_async_copies();
+    }
+  }
+
+  // dK = scale·Σ dSᵀ·Q and dV, one writer per element.
+  const float scale = static_cast<float>(p.scale);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t j = col0 + kvm * 16 + g + half * 8;
+    if (j >= p.kv_len) continue;
+    T* grad_k = static_cast<T*>(bp.grad_k.data) + b * bp.grad_k.stride.batch + kv_head * bp.grad_k.stride.head +
+                j * bp.grad_k.stride.row;
+    T* grad_v = static_cast<T*>(bp.grad_v.data) + b * bp.grad_v.stride.batch + kv_head * bp.grad_v.stride.head +
+                j * bp.grad_v.stride.row;
+#pragma unroll
+    for (int db = 0; db < kKVCols / 8; ++db) {
+      const int col = kvn * kKVCols + db * 8 + 2 * t;
+      if (col < E) {
+        *reinterpret_cast<uint32_t*>(grad_k + col) =
+            pack_pair<T>(dk[db][2 * half] * scale, dk[db][2 * half + 1] * scale);
+      }
+      if (col < Ev) {
+        *reinterpret_cast<uint32_t*>(grad_v + col) = pack_pair<T>(dv[db][2 * half], dv[db][2 * half + 1]);
+      }
+    }
+  }
+}
+
+}  // namespace selfattn::cuda::tc
