@@ -129,10 +129,8 @@ __global__ void __launch_bounds__(Shape::kThreads)
         uint32_t bk[4], bv[4];
         k_tile.load_b_pair_of_transpose(bk, wn * kSCols + nb * 8, kk * 16);
         v_tile.load_b_pair_of_transpose(bv, wn * kSCols + nb * 8, kk * 16);
-        mma_16x8x16<T>(s[nb], a, bk[0], bk[1]);
-        mma_16x8x16<T>(s[nb + 1], a, bk[2], bk[3]);
-        mma_16x8x16<T>(dp[nb], a_do, bv[0], bv[1]);
-        mma_16x8x16<T>(dp[nb + 1], a_do, bv[2], bv[3]);
+        mma_16x16x16<T>(s[nb], s[nb + 1], a, bk);
+        mma_16x16x16<T>(dp[nb], dp[nb + 1], a_do, bv);
       }
     }
 
@@ -196,10 +194,8 @@ __global__ void __launch_bounds__(Shape::kThreads)
         uint32_t b_do[4], b_q[4];
         do_tile.load_b_pair(b_do, kk * 16, kvn * kKVCols + db * 8);
         q_tile.load_b_pair(b_q, kk * 16, kvn * kKVCols + db * 8);
-        mma_16x8x16<T>(dv[db], a_p, b_do[0], b_do[1]);
-        mma_16x8x16<T>(dv[db + 1], a_p, b_do[2], b_do[3]);
-        mma_16x8x16<T>(dk[db], a_ds, b_q[0], b_q[1]);
-        mma_16x8x16<T>(dk[db + 1], a_ds, b_q[2], b_q[3]);
+        mma_16x16x16<T>(dv[db], dv[db + 1], a_p, b_do);
+        mma_16x16x16<T>(dk[db], dk[db + 1], a_ds, b_q);
       }
     }
 
@@ -214,8 +210,7 @@ __global__ void __launch_bounds__(Shape::kThreads)
         for (int db = 0; db < kQCols / 8; db += 2) {
           uint32_t bk[4];
           k_tile.load_b_pair(bk, kk * 16, wn * kQCols + db * 8);
-          mma_16x8x16<T>(dq[db], a, bk[0], bk[1]);
-          mma_16x8x16<T>(dq[db + 1], a, bk[2], bk[3]);
+          mma_16x16x16<T>(dq[db], dq[db + 1], a, bk);
         }
       }
 #pragma unroll

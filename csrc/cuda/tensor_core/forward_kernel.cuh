@@ -129,8 +129,7 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
         k_tile.load_b_pair_of_transpose(b, nb * 8, kk * 16);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          mma_16x8x16<T>(s[mt][nb], a[mt], b[0], b[1]);
-          mma_16x8x16<T>(s[mt][nb + 1], a[mt], b[2], b[3]);
+          mma_16x16x16<T>(s[mt][nb], s[mt][nb + 1], a[mt], b);
         }
       }
     }
@@ -230,8 +229,7 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
         v_tile.load_b_pair(b, kk * 16, db * 8);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          mma_16x8x16<T>(acc[mt][db], a[mt], b[0], b[1]);
-          mma_16x8x16<T>(acc[mt][db + 1], a[mt], b[2], b[3]);
+          mma_16x16x16<T>(acc[mt][db], acc[mt][db + 1], a[mt], b);
         }
       }
     }

@@ -70,6 +70,15 @@ __device__ __forceinline__ void mma_16x8x16(float (&c)[4], const uint32_t (&a)[4
   }
 }
 
+// c0 += a·b and c1 += a·b' for the two n-blocks whose B fragments one
+// x4 ldmatrix brought: b[0], b[1] for c0 and b[2], b[3] for c1.
+template <typename T>
+__device__ __forceinline__ void mma_16x16x16(float (&c0)[4], float (&c1)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[4]) {
+  mma_16x8x16<T>(c0, a, b[0], b[1]);
+  mma_16x8x16<T>(c1, a, b[2], b[3]);
+}
+
 // Two floats as one register of two 16-bit elements (the lower in the low half).
 template <typename T>
 __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
