@@ -5,23 +5,63 @@
 // cpu_tile_gemm and cpu_kernel_paths have no tensor arguments and one kernel
 // for every backend, in csrc/cpu/cpu_ops.cpp.
 // and scaled_dot_product_attention, which turns PyTorch's SDPA semantics into
-// calls of the core ops, is CompositeImplicitAutograd (csrc/api/sdpa.cpp).
+// calls of the core ops, is CompositeImplicitAutograd (csrc/api/sdpa.cpp), as
+// are varlen_attention and kv_cache_attention (csrc/api/sequence_ops.cpp).
 #include <torch/library.h>
+
+// The keyword-only arguments that both core ops take, in one place.
+#define SELFATTN_OPTIONS                                                                              \
+  "*, int window_left=-1, int window_right=-1, bool bottom_right=False, Tensor? alibi_slopes=None, " \
+  "float softcap=0.0, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, Tensor? seqused_k=None, " \
+  "int max_seqlen_q=-1, int max_seqlen_k=-1"
+// The extras of the user-facing functions (csrc/api/score_options.h).
+#define SELFATTN_SCORE_OPTIONS \
+  "int[]? window=None, str causal_alignment=\"top_left\", Tensor? alibi_slopes=None, float? softcap=None"
 
 TORCH_LIBRARY(selfattn, m) {
   // PyTorch's torch.nn.functional.scaled_dot_product_attention, argument for argument.
   m.def(
       "scaled_dot_product_attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
-      "float dropout_p=0.0, bool is_causal=False, float? scale=None, bool enable_gqa=False) -> Tensor");
+      "float dropout_p=0.0, bool is_causal=False, float? scale=None, bool enable_gqa=False, "
+      "*, " SELFATTN_SCORE_OPTIONS ") -> Tensor");
+
+  // Packed variable-length batches: query (Tq, Hq, E), key (Tk, H, E) and
+  // value (Tk, H, Ev) hold the rows of every sequence back to back; sequence
+  // s owns rows [cu_seqlens_q[s], cu_seqlens_q[s + 1]) of query. No padding
+  // is computed. Returns (Tq, Hq, Ev).
+  m.def(
+      "varlen_attention(Tensor query, Tensor key, Tensor value, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+      "int max_seqlen_q, int max_seqlen_k, float dropout_p=0.0, bool is_causal=False, float? scale=None, "
+      "*, " SELFATTN_SCORE_OPTIONS ") -> Tensor");
+
+  // Decoding with a KV cache: query (B, Hq, L, E) holds the last L positions
+  // of each sequence, whose keys are the first cache_seqlens[b] rows of
+  // key_cache (B, H, S_max, E). Causal masks and windows are bottom-right
+  // aligned. Returns (B, Hq, L, Ev).
+  m.def(
+      "kv_cache_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor cache_seqlens, *, "
+      "bool is_causal=True, float? scale=None, int[]? window=None, Tensor? alibi_slopes=None, "
+      "float? softcap=None) -> Tensor");
 
   // The core ops, on 4-D tensors: query (B, Hq, L, E), key (B, H, S, E),
   // value (B, H, S, Ev) with Hq a multiple of H, and an optional mask whose
   // every dimension is 1 or that of (B, Hq, L, S). logsumexp is (B, Hq, L) in
   // float32 (float64 for float64 inputs); rng_state holds the dropout seed
   // and offset.
+  //
+  // The keyword-only arguments go beyond PyTorch's SDPA (see
+  // csrc/common/attention_params.h for their exact meaning):
+  //   window_left, window_right  a sliding window; -1 is no bound
+  //   bottom_right               align causal masks and windows to the
+  //                              bottom-right corner (S − L) instead of the top-left
+  //   alibi_slopes               (Hq) or (batch, Hq): adds −slope·|i + shift − j|
+  //   softcap                    > 0: scores become softcap·tanh(score / softcap)
+  //   cu_seqlens_q, cu_seqlens_k int32 offsets of packed sequences in a batch of one
+  //   seqused_k                  int32 per sequence: the keys of a cache it uses
+  //   max_seqlen_q, max_seqlen_k bounds of the packed sequences' lengths
   m.def(
       "attention_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, float dropout_p, "
-      "bool is_causal, float scale) -> (Tensor output, Tensor logsumexp, Tensor rng_state)",
+      "bool is_causal, float scale, " SELFATTN_OPTIONS ") -> (Tensor output, Tensor logsumexp, Tensor rng_state)",
       {at::Tag::nondeterministic_seeded});
 
   // grad_attn_mask has the mask's shape when attn_mask_requires_grad is set,
@@ -29,8 +69,8 @@ TORCH_LIBRARY(selfattn, m) {
   m.def(
       "attention_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
       "Tensor output, Tensor logsumexp, Tensor rng_state, float dropout_p, bool is_causal, float scale, "
-      "bool attn_mask_requires_grad) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value, "
-      "Tensor grad_attn_mask)");
+      "bool attn_mask_requires_grad, " SELFATTN_OPTIONS ") -> (Tensor grad_query, Tensor grad_key, "
+      "Tensor grad_value, Tensor grad_attn_mask)");
 
   // Which tile products the CPU kernels use: "blas" (the BLAS PyTorch links)
   // or "portable" (our own loops).

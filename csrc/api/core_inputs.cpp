@@ -3,6 +3,8 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+#include <tuple>
 #include <vector>
 
 namespace selfattn {
@@ -20,8 +22,100 @@ ElementType element_type(at::ScalarType dtype) {
 
 at::ScalarType accumulator_type(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
+namespace {
+
+// The number of sequences: packed ones, or one per batch.
+c10::SymInt sequence_count(const at::Tensor& query, const AttentionOptions& o) {
+  return o.cu_seqlens_q.has_value() ? o.cu_seqlens_q->sym_size(0) - 1 : query.sym_size(0);
+}
+
+void check_int32_vector(const char* op, const char* name, const at::Tensor& t, const at::Tensor& query) {
+  TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1, op, ": ", name, " must be a 1-D int32 tensor, got ",
+              t.dim(), "-D ", t.scalar_type());
+  TORCH_CHECK(t.device() == query.device(), op, ": ", name, " must be on query's device (", query.device(), "), got ",
+              t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+void check_options(const char* op, const at::Tensor& query, const at::Tensor& key,
+                   const std::optional<at::Tensor>& attn_mask, const AttentionOptions& o) {
+  TORCH_CHECK(o.window_left >= -1 && o.window_right >= -1, op,
+              ": window_left and window_right must be >= 0, or -1 for no bound, got ", o.window_left, " and ",
+              o.window_right);
+  TORCH_CHECK(o.softcap >= 0.0 && std::isfinite(o.softcap), op, ": softcap must be a finite number >= 0 (0: none), got ",
+              o.softcap);
+  if (o.alibi_slopes.has_value()) {
+    const at::Tensor& slopes = *o.alibi_slopes;
+    TORCH_CHECK(slopes.is_floating_point(), op, ": alibi_slopes must be a floating-point tensor, got ",
+                slopes.scalar_type());
+    TORCH_CHECK(slopes.device() == query.device(), op, ": alibi_slopes must be on query's device (", query.device(),
+                "), got ", slopes.device());
+    const bool per_head = slopes.dim() == 1 && slopes.sym_size(0) == query.sym_size(1);
+    const bool per_sequence = slopes.dim() == 2 && slopes.sym_size(0) == sequence_count(query, o) &&
+                              slopes.sym_size(1) == query.sym_size(1);
+    TORCH_CHECK(per_head || per_sequence, op, ": alibi_slopes must have shape (Hq,) = (", query.sym_size(1),
+                ",) or (sequences, Hq) = (", sequence_count(query, o), ", ", query.sym_size(1), "), got ",
+                slopes.sym_sizes());
+  }
+  TORCH_CHECK(o.cu_seqlens_q.has_value() == o.cu_seqlens_k.has_value(), op,
+              ": cu_seqlens_q and cu_seqlens_k must be given together");
+  if (o.cu_seqlens_q.has_value()) {
+    check_int32_vector(op, "cu_seqlens_q", *o.cu_seqlens_q, query);
+    check_int32_vector(op, "cu_seqlens_k", *o.cu_seqlens_k, query);
+    TORCH_CHECK(o.cu_seqlens_q->sym_size(0) >= 1 && o.cu_seqlens_k->sym_size(0) == o.cu_seqlens_q->sym_size(0), op,
+                ": cu_seqlens_q and cu_seqlens_k must have one length (sequences + 1 >= 1), got ",
+                o.cu_seqlens_q->sym_size(0), " and ", o.cu_seqlens_k->sym_size(0));
+    TORCH_CHECK(query.sym_size(0) == 1 && key.sym_size(0) == 1, op,
+                ": with cu_seqlens, query, key and value hold packed sequences in a batch of 1, got batch ",
+                query.sym_size(0));
+    TORCH_CHECK(!attn_mask.has_value(), op, ": attn_mask cannot be combined with cu_seqlens (packed sequences)");
+    TORCH_CHECK(o.max_seqlen_q >= 0 && o.max_seqlen_k >= 0, op,
+                ": max_seqlen_q and max_seqlen_k must be given (>= 0) with cu_seqlens, got ", o.max_seqlen_q, " and ",
+                o.max_seqlen_k);
+  }
+  if (o.seqused_k.has_value()) {
+    check_int32_vector(op, "seqused_k", *o.seqused_k, query);
+    TORCH_CHECK(o.seqused_k->sym_size(0) == sequence_count(query, o), op, ": seqused_k must have one entry per sequence (",
+                sequence_count(query, o), "), got ", o.seqused_k->sym_size(0));
+  }
+}
+
+}  // namespace
+
+void check_sequence_values(const char* op, const at::Tensor& query, const at::Tensor& key,
+                           const AttentionOptions& o) {
+  const int64_t sequences = sequence_count(query, o).guard_int(__FILE__, __LINE__);
+  if (o.cu_seqlens_q.has_value()) {
+    for (const auto& [name, cu, total, bound, bound_name] :
+         {std::tuple{"cu_seqlens_q", &*o.cu_seqlens_q, query.size(2), o.max_seqlen_q, "max_seqlen_q"},
+          std::tuple{"cu_seqlens_k", &*o.cu_seqlens_k, key.size(2), o.max_seqlen_k, "max_seqlen_k"}}) {
+      const int32_t* offsets = cu->const_data_ptr<int32_t>();
+      TORCH_CHECK(offsets[0] == 0 && offsets[sequences] == total, op, ": ", name,
+                  " must run from 0 to the number of packed rows (", total, "), got ", offsets[0], " to ",
+                  offsets[sequences]);
+      for (int64_t s = 0; s < sequences; ++s) {
+        const int64_t length = int64_t(offsets[s + 1]) - offsets[s];
+        TORCH_CHECK(length >= 0, op, ": ", name, " must not decrease, but entry ", s + 1, " (", offsets[s + 1],
+                    ") is below entry ", s, " (", offsets[s], ")");
+        TORCH_CHECK(length <= bound, op, ": sequence ", s, " has ", length, " rows, more than ", bound_name, " = ",
+                    bound);
+      }
+    }
+  }
+  if (o.seqused_k.has_value()) {
+    const int32_t* used = o.seqused_k->const_data_ptr<int32_t>();
+    const int32_t* cu_k = o.cu_seqlens_k.has_value() ? o.cu_seqlens_k->const_data_ptr<int32_t>() : nullptr;
+    for (int64_t s = 0; s < sequences; ++s) {
+      const int64_t available = cu_k != nullptr ? int64_t(cu_k[s + 1]) - cu_k[s] : key.size(2);
+      TORCH_CHECK(used[s] >= 0 && used[s] <= available, op, ": seqused_k[", s, "] = ", used[s],
+                  " must be in [0, ", available, "], the keys that sequence has");
+    }
+  }
+}
+
 void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                       const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal) {
+                       const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+                       const AttentionOptions& options) {
   for (const auto& [name, t] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
     TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D (batch, heads, length, dim), got ", t->dim(), "-D");
     TORCH_CHECK(t->layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor, got ", t->layout());
@@ -47,6 +141,7 @@ void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor
   TORCH_CHECK(value.sym_size(2) == key.sym_size(2), op, ": value's length must equal key's (S), got ",
               value.sym_size(2), " and ", key.sym_size(2));
   TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op, ": dropout_p must be in [0, 1], got ", dropout_p);
+  check_options(op, query, key, attn_mask, options);
   if (!attn_mask.has_value()) return;
 
   const at::Tensor& mask = *attn_mask;
@@ -67,9 +162,10 @@ void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor
 void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
                                 const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
                                 const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-                                double dropout_p, bool is_causal, bool attn_mask_requires_grad) {
+                                double dropout_p, bool is_causal, bool attn_mask_requires_grad,
+                                const AttentionOptions& options) {
   const char* op = "attention_backward";
-  check_core_inputs(op, query, key, value, attn_mask, dropout_p, is_causal);
+  check_core_inputs(op, query, key, value, attn_mask, dropout_p, is_causal, options);
   const std::vector<c10::SymInt> out_shape = {query.sym_size(0), query.sym_size(1), query.sym_size(2),
                                               value.sym_size(3)};
   for (const auto& [name, t] : {std::pair{"grad_output", &grad_output}, {"output", &output}}) {
@@ -91,6 +187,8 @@ void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor&
               ": rng_state must be the 2-element int64 tensor that attention_forward returns");
   TORCH_CHECK(!attn_mask_requires_grad || (attn_mask.has_value() && attn_mask->is_floating_point()), op,
               ": attn_mask_requires_grad is set, so attn_mask must be a floating-point tensor");
+  TORCH_CHECK(!attn_mask_requires_grad || !options.has_sequences(), op,
+              ": attn_mask cannot get a gradient together with seqused_k or cu_seqlens");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(const at::Tensor& query,
@@ -116,9 +214,16 @@ TensorView tensor_view(const at::Tensor& t) {
   return TensorView{const_cast<void*>(t.data_ptr()), Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
 }
 
+AttentionOptions kernel_options(const AttentionOptions& options, at::ScalarType dtype) {
+  AttentionOptions o = options;
+  if (o.alibi_slopes.has_value()) o.alibi_slopes = o.alibi_slopes->to(accumulator_type(dtype)).contiguous();
+  return o;
+}
+
 AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                             const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
-                            const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale) {
+                            const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale,
+                            const AttentionOptions& options) {
   AttentionParams p;
   p.dtype = element_type(query.scalar_type());
   p.batch = query.size(0);
@@ -144,9 +249,30 @@ AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, cons
     p.mask_rows = mask.size(2);
     p.mask_cols = mask.size(3);
   }
+  p.rows_per_head = p.q_len;
   p.causal = is_causal;
+  p.bottom_right = options.bottom_right;
+  p.window_left = options.window_left;
+  p.window_right = options.window_right;
   p.scale = scale;
+  p.softcap = options.softcap;
+  if (options.alibi_slopes.has_value()) {
+    const at::Tensor& slopes = *options.alibi_slopes;
+    TORCH_INTERNAL_ASSERT(slopes.scalar_type() == accumulator_type(query.scalar_type()) && slopes.is_contiguous());
+    p.alibi_slopes = slopes.const_data_ptr();
+    p.alibi_batch_stride = slopes.dim() == 2 ? slopes.size(1) : 0;
+  }
   p.dropout.p = dropout_p;  // the backend fills in the seed and offset from its rng_state
+  p.sequences = sequence_count(query, options).guard_int(__FILE__, __LINE__);
+  p.max_seqlen_q = p.q_len;
+  p.max_seqlen_k = p.kv_len;
+  if (options.cu_seqlens_q.has_value()) {
+    p.cu_seqlens_q = options.cu_seqlens_q->const_data_ptr<int32_t>();
+    p.cu_seqlens_k = options.cu_seqlens_k->const_data_ptr<int32_t>();
+    p.max_seqlen_q = options.max_seqlen_q;
+    p.max_seqlen_k = options.max_seqlen_k;
+  }
+  if (options.seqused_k.has_value()) p.seqused_k = options.seqused_k->const_data_ptr<int32_t>();
   return p;
 }
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <tuple>
 
+#include "api/attention_options.h"
 #include "common/attention_params.h"
 
 namespace selfattn {
@@ -15,14 +16,21 @@ namespace selfattn {
 // Checks the arguments of attention_forward / attention_backward, with
 // messages that name the offending argument.
 void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                       const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal);
+                       const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+                       const AttentionOptions& options);
+
+// The checks that read the values of cu_seqlens_q, cu_seqlens_k and
+// seqused_k, for backends where they are in host memory.
+void check_sequence_values(const char* op, const at::Tensor& query, const at::Tensor& key,
+                           const AttentionOptions& options);
 
 // Every argument of attention_backward: the forward's, what the forward
 // returned, and the gradient of its output.
 void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
                                 const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
                                 const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-                                double dropout_p, bool is_causal, bool attn_mask_requires_grad);
+                                double dropout_p, bool is_causal, bool attn_mask_requires_grad,
+                                const AttentionOptions& options);
 
 // float32 for reduced-precision and float32 inputs, float64 for float64.
 at::ScalarType accumulator_type(at::ScalarType dtype);
@@ -36,11 +44,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_backward_out
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, bool attn_mask_requires_grad);
 
+// The options with the ALiBi slopes as the kernels read them: contiguous,
+// in the accumulator type of `dtype`. Keep the result alive while the
+// kernels run.
+AttentionOptions kernel_options(const AttentionOptions& options, at::ScalarType dtype);
+
 // The parameters of one call, all but the dropout seed and offset, which
-// each backend keeps in its own way.
+// each backend keeps in its own way. `options` as kernel_options returns them.
 AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                             const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
-                            const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale);
+                            const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale,
+                            const AttentionOptions& options);
 
 // A 4-D tensor as the kernels see it.
 TensorView tensor_view(const at::Tensor& t);

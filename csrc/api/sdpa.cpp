@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "api/op_calls.h"
+#include "api/score_options.h"
 
 namespace selfattn {
 namespace {
@@ -136,10 +137,25 @@ at::Tensor as_4d(const at::Tensor& t, const SymShape& batch, const c10::SymInt& 
       {product(batch), heads, t.sym_size(-2), t.sym_size(-1)});
 }
 
+// ALiBi slopes of shape (Hq,) pass as they are; (..., Hq) broadcast to the
+// output's batch dims and fold into (batch, Hq) as the batch dims do.
+at::Tensor slopes_as_2d(const at::Tensor& slopes, const SymShape& outer, const c10::SymInt& q_heads) {
+  TORCH_CHECK(slopes.dim() >= 1 && slopes.sym_size(-1) == q_heads, kOp, ": alibi_slopes must have shape (Hq,) = (",
+              q_heads, ",) or (..., Hq) broadcasting to the batch dims, got ", slopes.sym_sizes());
+  if (slopes.dim() == 1) return slopes;
+  TORCH_CHECK(slopes.dim() <= static_cast<int64_t>(outer.size()) + 1, kOp, ": alibi_slopes of shape ",
+              slopes.sym_sizes(), " has more dims than the batch dims and heads (", c10::SymIntArrayRef(outer), ", ",
+              q_heads, ")");
+  return slopes.expand_symint(concat(outer, {q_heads})).reshape_symint({product(outer), q_heads});
+}
+
 at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                         const std::optional<at::Tensor>& attn_mask, double dropout_p,
-                                        bool is_causal, std::optional<double> scale, bool enable_gqa) {
+                                        bool is_causal, std::optional<double> scale, bool enable_gqa,
+                                        at::OptionalIntArrayRef window, c10::string_view causal_alignment,
+                                        const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap) {
   check_arguments(query, key, value, attn_mask, dropout_p, is_causal);
+  AttentionOptions options = score_options(kOp, window, causal_alignment, alibi_slopes, softcap);
   const c10::SymInt L = query.sym_size(-2), S = key.sym_size(-2);
 
   // The output's batch dims: those of q, k and v broadcast together. With
@@ -188,10 +204,11 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   if (attn_mask.has_value()) mask4 = mask_as_4d(*attn_mask, score_batch, out_batch, L, S);
   // PyTorch applies dropout only for p > 0, and so takes p <= 0 as no dropout.
   const double p = dropout_p > 0.0 ? dropout_p : 0.0;
+  if (options.alibi_slopes.has_value()) options.alibi_slopes = slopes_as_2d(*options.alibi_slopes, outer, q_heads);
 
   auto [out, logsumexp, rng_state] =
       call_attention_forward(as_4d(query, outer, q_heads), as_4d(k, outer, kv_heads), as_4d(v, outer, kv_heads), mask4, p,
-                   is_causal, softmax_scale);
+                   is_causal, softmax_scale, options);
   SymShape out_shape = concat(outer, {q_heads, L, value.sym_size(-1)});
   // 2-D and broadcast-free 3-D inputs give outputs of their own rank.
   const int64_t out_rank = std::max({query.dim(), key.dim(), value.dim()});

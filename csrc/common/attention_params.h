@@ -35,6 +35,9 @@ struct DropoutParams {
   double p = 0.0;  // probability of dropping; 0 disables dropout
   uint64_t seed = 0;
   uint64_t offset = 0;
+  // Added to every score's index: sequence s of a packed batch starts at
+  // s·Hq·max_seqlen_q·max_seqlen_k, so no two sequences share random words.
+  uint64_t index_base = 0;
 
   SELFATTN_HOST_DEVICE bool enabled() const { return p > 0.0; }
 };
@@ -53,6 +56,9 @@ struct AttentionParams {
   TensorView q, k, v;
   TensorView out;   // (batch, Hq, L, Ev)
   void* logsumexp = nullptr;  // (batch, Hq, L) contiguous, float32 or float64 (the accumulator type)
+  // The L of the tensors: the stride between heads of the logsumexp and of
+  // the backward's other per-row arrays (q_len is a sequence's own length).
+  int64_t rows_per_head = 0;
 
   MaskKind mask_kind = MaskKind::None;
   ElementType mask_dtype = ElementType::Bool;
@@ -61,11 +67,45 @@ struct AttentionParams {
   // gradient has this shape.
   int64_t mask_batch = 1, mask_heads = 1, mask_rows = 1, mask_cols = 1;
 
-  bool causal = false;  // top-left aligned: row i sees columns j <= i
+  // Visibility. With d = i + shift − j the distance of key j behind query i
+  // (shift = S − L when bottom_right, else 0), key j is visible when
+  //   causal:  d >= 0,
+  //   window:  d <= window_left and −d <= window_right (a negative bound is no bound).
+  bool causal = false;
+  bool bottom_right = false;
+  int64_t window_left = -1, window_right = -1;
+
   double scale = 1.0;
+  // softcap > 0 turns a scaled score s into softcap·tanh(s / softcap), before
+  // the ALiBi bias and the mask are added.
+  double softcap = 0.0;
+  // ALiBi adds −slope·|d|. The slopes are in the accumulator type, indexed
+  // batch·alibi_batch_stride + head (the stride is 0 for one slope per head).
+  const void* alibi_slopes = nullptr;
+  int64_t alibi_batch_stride = 0;
+
   DropoutParams dropout;
 
+  // Sequences of their own lengths. With cu_seqlens_q / cu_seqlens_k (int32,
+  // sequences + 1 offsets) the tensors hold one batch of packed rows and
+  // sequence s owns query rows [cu_seqlens_q[s], cu_seqlens_q[s + 1]) and key
+  // rows [cu_seqlens_k[s], cu_seqlens_k[s + 1]). With seqused_k (int32,
+  // one per sequence) sequence s sees only its first seqused_k[s] keys: a
+  // KV cache. Without either, sequence s is batch s, of length q_len × kv_len.
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  const int32_t* seqused_k = nullptr;
+  int64_t sequences = 0;
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;  // bounds of the sequence lengths
+
   SELFATTN_HOST_DEVICE int64_t group_size() const { return q_heads / kv_heads; }
+  // Index of query row `row` of head (b, h) in the per-row arrays.
+  SELFATTN_HOST_DEVICE int64_t row_index(int64_t b, int64_t h, int64_t row) const {
+    return (b * q_heads + h) * rows_per_head + row;
+  }
+  SELFATTN_HOST_DEVICE bool has_sequences() const {
+    return cu_seqlens_q != nullptr || seqused_k != nullptr;
+  }
 };
 
 struct AttentionBackwardParams {

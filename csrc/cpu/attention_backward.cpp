@@ -13,21 +13,16 @@
 #include "cpu/dispatch_dtype.h"
 #include "cpu/env_flags.h"
 #include "cpu/kernels.h"
+#include "cpu/sequence_problem.h"
 #include "cpu/tile_ops.h"
 
 namespace selfattn::cpu {
 namespace {
 
-// Index of query row `row` of head (b, h) in the (batch, Hq, L) row arrays:
-// the logsumexp and the row statistics.
-int64_t row_index(const AttentionParams& p, int64_t b, int64_t h, int64_t row) {
-  return (b * p.q_heads + h) * p.q_len + row;
-}
-
 template <typename acc_t>
 struct BackwardWorkspace {
-  Scratch<acc_t> q, grad_out, k, v, probs, grad_scores, dropout, dropped_probs, grad_acc, grad_acc2, lse, row_scale,
-      delta;
+  Scratch<acc_t> q, grad_out, k, v, probs, grad_scores, dropout, dropped_probs, score_slopes, grad_acc, grad_acc2, lse,
+      row_scale, delta;
   // The sums behind the row statistics, in double whatever acc_t is.
   Scratch<double> prob_sum, weighted_sum;
 
@@ -40,6 +35,7 @@ struct BackwardWorkspace {
         grad_scores(kQueryTile * kKeyTile),
         dropout(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
         dropped_probs(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
+        score_slopes(p.softcap > 0.0 ? kQueryTile * kKeyTile : 0),
         grad_acc(std::max(kQueryTile, kKeyTile) * std::max(p.head_dim, p.value_dim)),
         grad_acc2(kKeyTile * p.value_dim),
         lse(kQueryTile),
@@ -47,6 +43,9 @@ struct BackwardWorkspace {
         delta(kQueryTile),
         prob_sum(kQueryTile),
         weighted_sum(kQueryTile) {}
+
+  // Where compute_scores leaves the softcap's derivative, when there is one.
+  acc_t* slopes() { return score_slopes.size() > 0 ? score_slopes.data() : nullptr; }
 };
 
 // Loads what a tile of query rows brings to the backward: Q, dO and the
@@ -57,7 +56,7 @@ void load_query_side(const AttentionBackwardParams& bp, int64_t b, int64_t h, in
   const AttentionParams& p = bp.fwd;
   load_tile<scalar_t>(p.q, b, h, row0, rows, p.head_dim, ws.q.data(), p.head_dim);
   load_tile<scalar_t>(bp.grad_out, b, h, row0, rows, p.value_dim, ws.grad_out.data(), p.value_dim);
-  std::copy_n(static_cast<const acc_t*>(p.logsumexp) + row_index(p, b, h, row0), rows, ws.lse.data());
+  std::copy_n(static_cast<const acc_t*>(p.logsumexp) + p.row_index(b, h, row0), rows, ws.lse.data());
 }
 
 template <typename scalar_t, typename acc_t>
@@ -74,7 +73,7 @@ void load_key_side(const AttentionParams& p, int64_t b, int64_t kv_head, int64_t
 template <typename acc_t>
 void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws,
                                       acc_t* probs, acc_t* grad_probs) {
-  compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kKeyTile);
+  compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kKeyTile, ws.slopes());
   probabilities_from_logsumexp(t, ws.lse.data(), ws.row_scale.data(), probs, kKeyTile);
   gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, grad_probs,
            kKeyTile, acc_t(1), acc_t(0));
@@ -90,6 +89,14 @@ void to_score_gradient(const TileCoord& t, const acc_t* probs, acc_t* grad, cons
   for (int64_t r = 0; r < t.rows; ++r) {
     score_gradient(probs + r * kKeyTile, grad + r * kKeyTile, t.cols, ws.delta.data()[r]);
   }
+}
+
+// dS is the gradient of the scores the softmax saw; the products with Q and
+// K need that of the scaled scores before softcapping: dS ∘ (1 − tanh²). The
+// mask's gradient is taken before this, as the mask is added after the cap.
+template <typename acc_t>
+void through_softcap(const TileCoord& t, acc_t* grad, BackwardWorkspace<acc_t>& ws) {
+  if (ws.slopes() != nullptr) multiply_tile(grad, ws.slopes(), kKeyTile, t.rows, t.cols);
 }
 
 // The score gradient dS = P ∘ (dP − D) of tile t into ws.grad_scores, with P
@@ -140,9 +147,9 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
   std::fill(scale, scale + rows, acc_t(1));
   std::fill(prob_sum, prob_sum + rows, 0.0);
   std::fill(weighted_sum, weighted_sum + rows, 0.0);
-  const int64_t visible = visible_key_columns(p, row0, rows);
-  for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
-    const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
+  const KeyRange keys = visible_key_tiles(p, row0, rows);
+  for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
+    const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, keys.end - col0)};
     acc_t* probs = store.probs_of(col0 / kKeyTile);
     acc_t* grads = store.grads_of(col0 / kKeyTile);
     load_key_side<scalar_t>(p, b, h / p.group_size(), col0, t.cols, ws);
@@ -156,7 +163,7 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
     scale[r] = static_cast<acc_t>(inverse);
     delta[r] = static_cast<acc_t>(weighted_sum[r] * inverse);
   }
-  const int64_t first = row_index(p, b, h, row0);
+  const int64_t first = p.row_index(b, h, row0);
   std::copy_n(scale, rows, static_cast<acc_t*>(bp.row_scale) + first);
   std::copy_n(delta, rows, static_cast<acc_t*>(bp.delta) + first);
 }
@@ -165,7 +172,7 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
 template <typename acc_t>
 void load_row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
                          BackwardWorkspace<acc_t>& ws) {
-  const int64_t first = row_index(bp.fwd, b, h, row0);
+  const int64_t first = bp.fwd.row_index(b, h, row0);
   std::copy_n(static_cast<const acc_t*>(bp.row_scale) + first, rows, ws.row_scale.data());
   std::copy_n(static_cast<const acc_t*>(bp.delta) + first, rows, ws.delta.data());
 }
@@ -224,13 +231,14 @@ void query_pass(const AttentionBackwardParams& bp) {
             row_statistics<scalar_t>(bp, b, h, row0, rows, ws,
                                      TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false});
             fill_tile(dq, p.head_dim, rows, p.head_dim, acc_t(0));
-            const int64_t visible = visible_key_columns(p, row0, rows);
-            for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
-              const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
+            const KeyRange keys = visible_key_tiles(p, row0, rows);
+            for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
+              const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, keys.end - col0)};
               load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
               score_gradients(p, t, ws);
-              const acc_t* ds = ws.grad_scores.data();
+              acc_t* ds = ws.grad_scores.data();
               if (mask_grad) add_to_mask_gradient(p, t, ds, grad_mask.data());
+              through_softcap(t, ds, ws);
               gemm_ab(rows, p.head_dim, t.cols, ds, kKeyTile, ws.k.data(), p.head_dim, dq, p.head_dim);
             }
             // dQ = scale · dS·K
@@ -266,19 +274,21 @@ void key_pass(const AttentionBackwardParams& bp) {
       fill_tile(dk, p.head_dim, cols, p.head_dim, acc_t(0));
       fill_tile(dv, p.value_dim, cols, p.value_dim, acc_t(0));
 
-      const int64_t first_tile = first_row_seeing(p, col0) / kQueryTile;
+      const KeyRange seeing = query_rows_seeing(p, col0, cols);
       for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
-        for (int64_t row0 = first_tile * kQueryTile; row0 < p.q_len; row0 += kQueryTile) {
+        for (int64_t row0 = seeing.first; row0 < seeing.end; row0 += kQueryTile) {
           const int64_t rows = std::min(kQueryTile, p.q_len - row0);
           // Only the columns these rows see, so that the score tile has the
           // extent it has in the forward and the query pass, and its scores
           // the same rounding: P = exp(S − lse) then matches the forward's
           // even where |S| is large.
-          const int64_t seen = std::min(cols, visible_key_columns(p, row0, rows) - col0);
+          const int64_t seen = std::min(cols, visible_key_tiles(p, row0, rows).end - col0);
+          if (seen <= 0) continue;
           const TileCoord t{b, h, row0, rows, col0, seen};
           load_query_side<scalar_t>(bp, b, h, row0, t.rows, ws);
           load_row_statistics(bp, b, h, row0, t.rows, ws);
           score_gradients(p, t, ws);
+          through_softcap(t, ws.grad_scores.data(), ws);
           const acc_t* probs = ws.probs.data();
           if (p.dropout.enabled()) {  // dV takes the probabilities that multiplied V: the dropped ones
             acc_t* dropped = ws.dropped_probs.data();
@@ -297,69 +307,104 @@ void key_pass(const AttentionBackwardParams& bp) {
   });
 }
 
+// Where head_pass keeps what a task needs beyond the workspace: the tile
+// store (see TileStore) and dK, dV of a whole key/value head.
+template <typename acc_t>
+struct HeadScratch {
+  bool keeps_all;
+  Scratch<acc_t> kept_probs, kept_grads, dk, dv;
+  TileStore<acc_t> store;
+
+  HeadScratch(const AttentionParams& p, int64_t kv_len, bool keeps_all, BackwardWorkspace<acc_t>& ws)
+      : keeps_all(keeps_all),
+        kept_probs(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kKeyTile : 0),
+        kept_grads(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kKeyTile : 0),
+        dk(kv_len * p.head_dim),
+        dv(kv_len * p.value_dim),
+        // Without room for every tile, the workspace's own tile serves.
+        store(keeps_all ? TileStore<acc_t>{kept_probs.data(), kept_grads.data(), true}
+                        : TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false}) {}
+};
+
 // Bytes of P and dP that a thread may keep for one tile of query rows (see
 // TileStore). Linear in S: 2 × 128 rows × S floats, 32 MiB at S = 32k.
 constexpr int64_t kTileStoreBytes = int64_t(64) << 20;
 
+// Whether a thread keeps P and dP of every key tile of kv_len keys. Not with
+// softcap, whose derivative would have to be kept as well.
+template <typename acc_t>
+bool keeps_all_tiles(const AttentionParams& p, int64_t kv_len) {
+  static const bool store_disabled = env_flag("TORCH_SELFATTN_NO_TILE_STORE");
+  const int64_t bytes = 2 * ceil_div(kv_len, kKeyTile) * kQueryTile * kKeyTile * static_cast<int64_t>(sizeof(acc_t));
+  return !store_disabled && p.softcap <= 0.0 && bytes <= kTileStoreBytes;
+}
+
+// dQ, dK and dV of key/value head (b, kv_head) and the query heads of its
+// GQA group. Each tile of query rows sweeps the keys twice, first for its
+// row statistics, then for the gradients.
+template <typename scalar_t, typename acc_t>
+void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head, BackwardWorkspace<acc_t>& ws,
+                   HeadScratch<acc_t>& hs) {
+  const AttentionParams& p = bp.fwd;
+  const int64_t E = p.head_dim, Ev = p.value_dim;
+  const TileStore<acc_t>& store = hs.store;
+  std::fill_n(hs.dk.data(), p.kv_len * E, acc_t(0));
+  std::fill_n(hs.dv.data(), p.kv_len * Ev, acc_t(0));
+  for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
+    for (int64_t row0 = 0; row0 < p.q_len; row0 += kQueryTile) {
+      const int64_t rows = std::min(kQueryTile, p.q_len - row0);
+      acc_t* dq = ws.grad_acc.data();
+      load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
+      row_statistics<scalar_t>(bp, b, h, row0, rows, ws, store);
+      fill_tile(dq, E, rows, E, acc_t(0));
+      const KeyRange keys = visible_key_tiles(p, row0, rows);
+      for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
+        const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, keys.end - col0)};
+        acc_t* tile_probs = store.probs_of(col0 / kKeyTile);
+        acc_t* tile_grads = store.grads_of(col0 / kKeyTile);
+        if (hs.keeps_all) {  // P and dP are kept: only K is needed again, for dQ
+          load_tile<scalar_t>(p.k, b, kv_head, col0, t.cols, E, ws.k.data(), E);
+          for (int64_t r = 0; r < rows; ++r) scale(tile_probs + r * kKeyTile, t.cols, ws.row_scale.data()[r]);
+          if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
+        } else {
+          load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
+          probabilities_and_their_gradient(p, t, ws, tile_probs, tile_grads);
+        }
+        to_score_gradient(t, tile_probs, tile_grads, ws);
+        through_softcap(t, tile_grads, ws);
+        gemm_ab(rows, E, t.cols, tile_grads, kKeyTile, ws.k.data(), E, dq, E);
+        gemm_atb(t.cols, E, rows, tile_grads, kKeyTile, ws.q.data(), E, hs.dk.data() + col0 * E, E,
+                 static_cast<acc_t>(p.scale));
+        // dV takes the probabilities that multiplied V: the dropped ones.
+        if (p.dropout.enabled()) multiply_tile(tile_probs, ws.dropout.data(), kKeyTile, rows, t.cols);
+        gemm_atb(t.cols, Ev, rows, tile_probs, kKeyTile, ws.grad_out.data(), Ev, hs.dv.data() + col0 * Ev, Ev);
+      }
+      store_tile<scalar_t>(dq, E, bp.grad_q, b, h, row0, rows, E, static_cast<acc_t>(p.scale));
+    }
+  }
+  store_tile<scalar_t>(hs.dk.data(), E, bp.grad_k, b, kv_head, 0, p.kv_len, E);
+  store_tile<scalar_t>(hs.dv.data(), Ev, bp.grad_v, b, kv_head, 0, p.kv_len, Ev);
+}
+
 // The pass for calls without a mask gradient. A task owns one key/value head
-// with the query heads of its GQA group, so it alone writes their dQ, dK and
-// dV: the key tiles need no pass of their own. Each tile of query rows
-// sweeps the keys twice, first for its row statistics, then for the
-// gradients.
+// (of one sequence) with the query heads of its GQA group, so it alone
+// writes their dQ, dK and dV: the key tiles need no pass of their own.
 template <typename scalar_t, typename acc_t>
 void head_pass(const AttentionBackwardParams& bp) {
   const AttentionParams& p = bp.fwd;
-  const int64_t E = p.head_dim, Ev = p.value_dim;
-  const int64_t tile_size = kQueryTile * kKeyTile;
-  const int64_t key_tiles = ceil_div(p.kv_len, kKeyTile);
-  static const bool store_disabled = env_flag("TORCH_SELFATTN_NO_TILE_STORE");
-  const bool keeps_all =
-      !store_disabled && 2 * key_tiles * tile_size * static_cast<int64_t>(sizeof(acc_t)) <= kTileStoreBytes;
-
-  at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  const int64_t kv_len = p.has_sequences() ? p.max_seqlen_k : p.kv_len;
+  const bool keeps_all = keeps_all_tiles<acc_t>(p, kv_len);
+  const int64_t sequences = p.has_sequences() ? p.sequences : p.batch;
+  at::parallel_for(0, sequences * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);
-    // Without room for every tile, the workspace's own tile serves.
-    Scratch<acc_t> kept_probs(keeps_all ? key_tiles * tile_size : 0), kept_grads(keeps_all ? key_tiles * tile_size : 0);
-    const TileStore<acc_t> store = keeps_all ? TileStore<acc_t>{kept_probs.data(), kept_grads.data(), true}
-                                             : TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false};
-    Scratch<acc_t> dk(p.kv_len * E), dv(p.kv_len * Ev);
+    HeadScratch<acc_t> hs(p, kv_len, keeps_all, ws);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / p.kv_heads, kv_head = task % p.kv_heads;
-      std::fill_n(dk.data(), dk.size(), acc_t(0));
-      std::fill_n(dv.data(), dv.size(), acc_t(0));
-      for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
-        for (int64_t row0 = 0; row0 < p.q_len; row0 += kQueryTile) {
-          const int64_t rows = std::min(kQueryTile, p.q_len - row0);
-          acc_t* dq = ws.grad_acc.data();
-          load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
-          row_statistics<scalar_t>(bp, b, h, row0, rows, ws, store);
-          fill_tile(dq, E, rows, E, acc_t(0));
-          const int64_t visible = visible_key_columns(p, row0, rows);
-          for (int64_t col0 = 0; col0 < visible; col0 += kKeyTile) {
-            const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, visible - col0)};
-            acc_t* tile_probs = store.probs_of(col0 / kKeyTile);
-            acc_t* tile_grads = store.grads_of(col0 / kKeyTile);
-            if (keeps_all) {  // P and dP are kept: only K is needed again, for dQ
-              load_tile<scalar_t>(p.k, b, kv_head, col0, t.cols, E, ws.k.data(), E);
-              for (int64_t r = 0; r < rows; ++r) scale(tile_probs + r * kKeyTile, t.cols, ws.row_scale.data()[r]);
-              if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
-            } else {
-              load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
-              probabilities_and_their_gradient(p, t, ws, tile_probs, tile_grads);
-            }
-            to_score_gradient(t, tile_probs, tile_grads, ws);
-            gemm_ab(rows, E, t.cols, tile_grads, kKeyTile, ws.k.data(), E, dq, E);
-            gemm_atb(t.cols, E, rows, tile_grads, kKeyTile, ws.q.data(), E, dk.data() + col0 * E, E,
-                     static_cast<acc_t>(p.scale));
-            // dV takes the probabilities that multiplied V: the dropped ones.
-            if (p.dropout.enabled()) multiply_tile(tile_probs, ws.dropout.data(), kKeyTile, rows, t.cols);
-            gemm_atb(t.cols, Ev, rows, tile_probs, kKeyTile, ws.grad_out.data(), Ev, dv.data() + col0 * Ev, Ev);
-          }
-          store_tile<scalar_t>(dq, E, bp.grad_q, b, h, row0, rows, E, static_cast<acc_t>(p.scale));
-        }
+      const int64_t s = task / p.kv_heads, kv_head = task % p.kv_heads;
+      if (p.has_sequences()) {
+        backward_head<scalar_t>(sequence_problem(bp, s), 0, kv_head, ws, hs);
+      } else {
+        backward_head<scalar_t>(bp, s, kv_head, ws, hs);
       }
-      store_tile<scalar_t>(dk.data(), E, bp.grad_k, b, kv_head, 0, p.kv_len, E);
-      store_tile<scalar_t>(dv.data(), Ev, bp.grad_v, b, kv_head, 0, p.kv_len, Ev);
     }
   });
 }

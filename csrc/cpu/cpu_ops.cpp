@@ -33,16 +33,32 @@ void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout) {
   dropout.offset = static_cast<uint64_t>(state[1]);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& query, const at::Tensor& key,
-                                                                     const at::Tensor& value,
-                                                                     const std::optional<at::Tensor>& attn_mask,
-                                                                     double dropout_p, bool is_causal, double scale) {
-  check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal);
+using Optional = const std::optional<at::Tensor>&;
+
+// The checks of the options that read their values, and the options as the
+// kernels read them.
+AttentionOptions checked_kernel_options(const char* op, const at::Tensor& query, const at::Tensor& key,
+                                        const AttentionOptions& options) {
+  check_sequence_values(op, query, key, options);
+  return kernel_options(options, query.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, Optional attn_mask, double dropout_p,
+    bool is_causal, double scale, int64_t window_left, int64_t window_right, bool bottom_right, Optional alibi_slopes,
+    double softcap, Optional cu_seqlens_q, Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k) {
+  const char* op = "attention_forward";
+  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
+                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
+  check_core_inputs(op, query, key, value, attn_mask, dropout_p, is_causal, options);
+  const AttentionOptions kernel = checked_kernel_options(op, query, key, options);
   auto [output, logsumexp, rng_state] = allocate_forward_outputs(query, value);
   rng_state.zero_();
   if (dropout_p > 0.0) draw_dropout_state(rng_state);
 
-  AttentionParams params = make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale);
+  AttentionParams params =
+      make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale, kernel);
   read_dropout_state(rng_state, params.dropout);
   cpu::attention_forward(params);
   return {output, logsumexp, rng_state};
@@ -50,18 +66,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(const at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
+    Optional attn_mask, const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad, int64_t window_left,
+    int64_t window_right, bool bottom_right, Optional alibi_slopes, double softcap, Optional cu_seqlens_q,
+    Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
+                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
-                             is_causal, attn_mask_requires_grad);
+                             is_causal, attn_mask_requires_grad, options);
+  const AttentionOptions kernel = checked_kernel_options("attention_backward", query, key, options);
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
+  // Keys a cache holds past what a sequence uses take no part.
+  if (options.seqused_k.has_value()) {
+    grad_key.zero_();
+    grad_value.zero_();
+  }
   const at::Tensor lse = logsumexp.contiguous();  // the kernels index it as (batch, Hq, L) rows
   auto delta = at::empty(lse.sizes(), lse.options());
   auto row_scale = at::empty(lse.sizes(), lse.options());
 
   AttentionBackwardParams params;
-  params.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale);
+  params.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale, kernel);
   read_dropout_state(rng_state, params.fwd.dropout);
   params.grad_out = tensor_view(grad_output);
   params.grad_q = tensor_view(grad_query);

@@ -16,6 +16,7 @@
 
 #include "common/attention_params.h"
 #include "common/philox.h"
+#include "common/score_rules.h"
 #include "cpu/tile_gemm.h"
 #include "cpu/vector_ops.h"
 
@@ -132,10 +133,25 @@ struct TileCoord {
   int64_t b, h, row0, rows, col0, cols;
 };
 
-// Number of key columns that query rows [row0, row0 + rows) may see at all:
-// everything without causal masking, the top-left triangle with it.
-inline int64_t visible_key_columns(const AttentionParams& p, int64_t row0, int64_t rows) {
-  return p.causal ? std::min(p.kv_len, row0 + rows) : p.kv_len;
+// The key columns that query rows [row0, row0 + rows) may see at all, the
+// first rounded down to a whole key tile: every pass walks the same tiles,
+// so a score is computed over the same extent (and rounds the same way)
+// wherever it is recomputed. Key tiles outside a sliding window's band are
+// skipped, which makes windowed attention cost O(L·w).
+inline KeyRange visible_key_tiles(const AttentionParams& p, int64_t row0, int64_t rows) {
+  const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
+  const int64_t first = visible_keys(p, row0, shift, p.kv_len).first;
+  const int64_t end = visible_keys(p, row0 + rows - 1, shift, p.kv_len).end;
+  return KeyRange{first / kKeyTile * kKeyTile, end};
+}
+
+// The query rows that see some column of [col0, col0 + cols), the first
+// rounded down to a whole query tile.
+inline KeyRange query_rows_seeing(const AttentionParams& p, int64_t col0, int64_t cols) {
+  const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
+  const int64_t first = rows_seeing(p, col0, shift, p.q_len).first;
+  const int64_t end = rows_seeing(p, col0 + cols - 1, shift, p.q_len).end;
+  return KeyRange{first / kQueryTile * kQueryTile, end};
 }
 
 // The tile of query rows that the i-th task of a head works on. Under causal
@@ -145,9 +161,6 @@ inline int64_t balanced_tile_order(const AttentionParams& p, int64_t i, int64_t 
   if (!p.causal) return i;
   return i % 2 == 0 ? i / 2 : tiles - 1 - i / 2;
 }
-
-// The first query row that sees key column col0 under causal masking.
-inline int64_t first_row_seeing(const AttentionParams& p, int64_t col0) { return p.causal ? col0 : 0; }
 
 template <typename mask_t, typename acc_t>
 void add_mask_elements(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld) {
@@ -166,32 +179,57 @@ void add_mask_elements(const AttentionParams& p, const TileCoord& t, acc_t* scor
   }
 }
 
-// Applies the attention mask and causal masking to a tile of scaled scores.
+// softcap and ALiBi (see common/score_rules.h) on a tile of scaled scores.
+// `slopes`, when given, receives the derivative of each biased score by its
+// scaled score, for the backward.
 template <typename acc_t>
-void mask_scores(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld) {
-  if (p.causal) {
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const int64_t first_hidden = std::max<int64_t>(t.row0 + r + 1 - t.col0, 0);
-      for (int64_t c = first_hidden; c < t.cols; ++c) scores[r * ld + c] = minus_infinity<acc_t>();
+void add_score_bias(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld, acc_t* slopes) {
+  const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
+  const acc_t alibi = p.alibi_slopes != nullptr ? alibi_slope<acc_t>(p, t.b, t.h) : acc_t(0);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    for (int64_t c = 0; c < t.cols; ++c) {
+      acc_t* slope = slopes != nullptr ? slopes + r * ld + c : nullptr;
+      scores[r * ld + c] = biased_score(p, scores[r * ld + c], alibi, t.row0 + r, t.col0 + c, shift, slope);
     }
-  }
-  if (p.mask_kind == MaskKind::None) return;
-  switch (p.mask_dtype) {
-    case ElementType::Bool: return add_mask_elements<bool>(p, t, scores, ld);
-    case ElementType::Float32: return add_mask_elements<float>(p, t, scores, ld);
-    case ElementType::Float64: return add_mask_elements<double>(p, t, scores, ld);
-    case ElementType::Float16: return add_mask_elements<c10::Half>(p, t, scores, ld);
-    case ElementType::BFloat16: return add_mask_elements<c10::BFloat16>(p, t, scores, ld);
   }
 }
 
-// The scaled, masked scores of a tile: S = scale·(Q·Kᵀ) + mask, rounded as
-// the forward's FloatProducts round them (the scale applied to the product).
+// Turns a tile of scaled scores into the scores the softmax sees: softcap,
+// ALiBi, the attention mask, and −inf wherever causality or a window hides
+// a key.
+template <typename acc_t>
+void apply_score_rules(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld,
+                       acc_t* slopes = nullptr) {
+  if (has_score_bias(p)) add_score_bias(p, t, scores, ld, slopes);
+  switch (p.mask_kind == MaskKind::None ? ElementType::Bool : p.mask_dtype) {
+    case ElementType::Bool:
+      if (p.mask_kind != MaskKind::None) add_mask_elements<bool>(p, t, scores, ld);
+      break;
+    case ElementType::Float32: add_mask_elements<float>(p, t, scores, ld); break;
+    case ElementType::Float64: add_mask_elements<double>(p, t, scores, ld); break;
+    case ElementType::Float16: add_mask_elements<c10::Half>(p, t, scores, ld); break;
+    case ElementType::BFloat16: add_mask_elements<c10::BFloat16>(p, t, scores, ld); break;
+  }
+  if (!p.causal && p.window_left < 0 && p.window_right < 0) return;
+  const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const KeyRange seen = visible_keys(p, t.row0 + r, shift, p.kv_len);
+    acc_t* s = scores + r * ld;
+    const int64_t first = std::clamp<int64_t>(seen.first - t.col0, 0, t.cols);
+    const int64_t end = std::clamp<int64_t>(seen.end - t.col0, first, t.cols);
+    std::fill(s, s + first, minus_infinity<acc_t>());
+    std::fill(s + end, s + t.cols, minus_infinity<acc_t>());
+  }
+}
+
+// The scores of a tile as the softmax sees them (apply_score_rules), from
+// S = scale·(Q·Kᵀ) rounded as the forward's FloatProducts round it (the
+// scale applied to the product).
 template <typename acc_t>
 void compute_scores(const AttentionParams& p, const TileCoord& t, const acc_t* q, int64_t ld_q, const acc_t* k,
-                    int64_t ld_k, acc_t* scores, int64_t ld) {
+                    int64_t ld_k, acc_t* scores, int64_t ld, acc_t* slopes) {
   gemm_abt(t.rows, t.cols, p.head_dim, q, ld_q, k, ld_k, scores, ld, static_cast<acc_t>(p.scale), acc_t(0));
-  mask_scores(p, t, scores, ld);
+  apply_score_rules(p, t, scores, ld, slopes);
 }
 
 // Probabilities recomputed from the forward's logsumexp,
@@ -221,7 +259,7 @@ void dropout_multipliers(const AttentionParams& p, const TileCoord& t, acc_t* z,
   const acc_t kept = p.dropout.p >= 1.0 ? acc_t(0) : acc_t(1.0 / (1.0 - p.dropout.p));
   const uint64_t head_index = static_cast<uint64_t>(t.b * p.q_heads + t.h);
   for (int64_t r = 0; r < t.rows; ++r) {
-    uint64_t index = (head_index * p.q_len + (t.row0 + r)) * p.kv_len + t.col0;
+    uint64_t index = p.dropout.index_base + (head_index * p.q_len + (t.row0 + r)) * p.kv_len + t.col0;
     // One Philox call yields the words of four consecutive indices.
     uint64_t block = index >> 2;
     Philox4x32 words = dropout_words(p.dropout.seed, p.dropout.offset, block);

@@ -97,11 +97,24 @@ void copy_back(const at::Tensor& padded, at::Tensor& result) {
   if (!padded.is_same(result)) result.copy_(padded.narrow(3, 0, result.size(3)));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& query, const at::Tensor& key,
-                                                                      const at::Tensor& value,
-                                                                      const std::optional<at::Tensor>& attn_mask,
-                                                                      double dropout_p, bool is_causal, double scale) {
-  check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal);
+using Optional = const std::optional<at::Tensor>&;
+
+// The CUDA kernels do not yet take the options beyond PyTorch's SDPA.
+void check_cuda_options(const char* op, const AttentionOptions& options) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!options.any(), op,
+                              ": sliding windows, bottom-right alignment, ALiBi, softcap, packed sequences and KV "
+                              "caches run on the CPU kernels only so far; the CUDA kernels take none of them yet");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, Optional attn_mask, double dropout_p,
+    bool is_causal, double scale, int64_t window_left, int64_t window_right, bool bottom_right, Optional alibi_slopes,
+    double softcap, Optional cu_seqlens_q, Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k) {
+  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
+                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
+  check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal, options);
+  check_cuda_options("attention_forward", options);
   const c10::cuda::CUDAGuard guard(query.device());
   auto [output, logsumexp, rng_state] = allocate_forward_outputs(query, value);
   const bool dropout = dropout_p > 0.0;
@@ -121,11 +134,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(const at::
   if (takes_tensor_cores(query, value)) {
     const at::Tensor q = tensor_core_operand(query), k = tensor_core_operand(key), v = tensor_core_operand(value);
     at::Tensor out = padded_like(output, v.size(3));
-    cuda::tensor_core_forward(make_params(q, k, v, attn_mask, out, logsumexp, dropout_p, is_causal, scale), seed,
+    cuda::tensor_core_forward(make_params(q, k, v, attn_mask, out, logsumexp, dropout_p, is_causal, scale, options), seed,
                               stream);
     copy_back(out, output);
   } else {
-    cuda::scalar_forward(make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale),
+    cuda::scalar_forward(make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale, options),
                          seed, stream);
   }
   return {output, logsumexp, rng_state};
@@ -133,10 +146,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(const at::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad) {
+    Optional attn_mask, const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad, int64_t window_left,
+    int64_t window_right, bool bottom_right, Optional alibi_slopes, double softcap, Optional cu_seqlens_q,
+    Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
+                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
-                             is_causal, attn_mask_requires_grad);
+                             is_causal, attn_mask_requires_grad, options);
+  check_cuda_options("attention_backward", options);
   const c10::cuda::CUDAGuard guard(query.device());
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
@@ -166,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
 
   AttentionBackwardParams bp;
   bp.delta = delta.data_ptr();
-  bp.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale);
+  bp.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale, options);
   bp.grad_out = tensor_view(grad_output);
   // D = rowsum(dO ∘ O) uses the forward's rounded output. Each row of dS
   // then sums to the rounding error of O instead of 0, which a mask gradient
@@ -185,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
                dv = padded_like(grad_value, v.size(3));
     auto dq_accum = at::zeros(dq.sizes(), query.options().dtype(at::kFloat));
     buffers.grad_q_accum = dq_accum.data_ptr<float>();
-    bp.fwd = make_params(q, k, v, attn_mask, output, lse, dropout_p, is_causal, scale);
+    bp.fwd = make_params(q, k, v, attn_mask, output, lse, dropout_p, is_causal, scale, options);
     bp.grad_out = tensor_view(dout);
     bp.grad_q = tensor_view(dq);
     bp.grad_k = tensor_view(dk);

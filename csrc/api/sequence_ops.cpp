@@ -1,0 +1,78 @@
+// varlen_attention and kv_cache_attention: sequences of their own lengths,
+// on top of the core ops (whose cu_seqlens and seqused_k options they fill).
+// CompositeImplicitAutograd, like the SDPA composite: autograd differentiates
+// them through attention_forward, and torch.compile traces through them
+// without reading a length on the host.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "api/op_calls.h"
+#include "api/score_options.h"
+
+namespace selfattn {
+namespace {
+
+void check_rank(const char* op, const char* name, const at::Tensor& t, int64_t rank, const char* layout) {
+  TORCH_CHECK(t.dim() == rank, op, ": ", name, " must be ", rank, "-D ", layout, ", got shape ", t.sym_sizes());
+}
+
+// Lengths and offsets as the core ops take them: int32.
+at::Tensor as_int32(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(!at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type()) &&
+                  t.scalar_type() != at::kBool,
+              op, ": ", name, " must be an integer tensor, got ", t.scalar_type());
+  return t.to(at::kInt).contiguous();
+}
+
+double default_scale(const at::Tensor& query, std::optional<double> scale) {
+  return scale.has_value() ? *scale
+                           : 1.0 / std::sqrt(static_cast<double>(query.sym_size(-1).guard_int(__FILE__, __LINE__)));
+}
+
+at::Tensor varlen_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                            int64_t max_seqlen_k, double dropout_p, bool is_causal, std::optional<double> scale,
+                            at::OptionalIntArrayRef window, c10::string_view causal_alignment,
+                            const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap) {
+  constexpr const char* op = "varlen_attention";
+  check_rank(op, "query", query, 3, "(total_q, Hq, E)");
+  check_rank(op, "key", key, 3, "(total_k, H, E)");
+  check_rank(op, "value", value, 3, "(total_k, H, Ev)");
+  AttentionOptions options = score_options(op, window, causal_alignment, alibi_slopes, softcap);
+  options.cu_seqlens_q = as_int32(op, "cu_seqlens_q", cu_seqlens_q);
+  options.cu_seqlens_k = as_int32(op, "cu_seqlens_k", cu_seqlens_k);
+  options.max_seqlen_q = max_seqlen_q;
+  options.max_seqlen_k = max_seqlen_k;
+  // (total, heads, dim) → (1, heads, total, dim): views, as the kernels read strides.
+  auto packed = [](const at::Tensor& t) { return t.transpose(0, 1).unsqueeze(0); };
+  auto [out, logsumexp, rng_state] =
+      call_attention_forward(packed(query), packed(key), packed(value), std::nullopt,
+                             dropout_p > 0.0 ? dropout_p : 0.0, is_causal, default_scale(query, scale), options);
+  return out.squeeze(0).transpose(0, 1);
+}
+
+at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
+                              const at::Tensor& cache_seqlens, bool is_causal, std::optional<double> scale,
+                              at::OptionalIntArrayRef window, const std::optional<at::Tensor>& alibi_slopes,
+                              std::optional<double> softcap) {
+  constexpr const char* op = "kv_cache_attention";
+  check_rank(op, "query", query, 4, "(batch, Hq, L, E)");
+  check_rank(op, "key_cache", key_cache, 4, "(batch, H, S_max, E)");
+  check_rank(op, "value_cache", value_cache, 4, "(batch, H, S_max, Ev)");
+  AttentionOptions options = score_options(op, window, "bottom_right", alibi_slopes, softcap);
+  options.seqused_k = as_int32(op, "cache_seqlens", cache_seqlens);
+  auto [out, logsumexp, rng_state] = call_attention_forward(query, key_cache, value_cache, std::nullopt, 0.0,
+                                                            is_causal, default_scale(query, scale), options);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(selfattn, CompositeImplicitAutograd, m) {
+  m.impl("varlen_attention", &varlen_attention);
+  m.impl("kv_cache_attention", &kv_cache_attention);
+}
+
+}  // namespace selfattn

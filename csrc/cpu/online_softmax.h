@@ -1,0 +1,114 @@
+// The forward's work on one tile of query rows: a workspace, the online
+// softmax that folds key tiles into a running output, max and sum, and the
+// final normalisation. attention_forward.cpp drives it over whole calls;
+// split_keys_forward.h over chunks of the keys.
+#pragma once
+
+#include "cpu/tile_ops.h"
+
+namespace selfattn::cpu {
+
+template <typename acc_t>
+struct ForwardWorkspace {
+  int64_t value_dim;
+  Scratch<acc_t> scores, dropout, out, row_max, row_sum;
+
+  explicit ForwardWorkspace(const AttentionParams& p)
+      : value_dim(p.value_dim),
+        scores(kQueryTile * kKeyTile),
+        dropout(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
+        out(kQueryTile * p.value_dim),
+        row_max(kQueryTile),
+        row_sum(kQueryTile) {}
+};
+
+// max that lets a NaN through, so that a NaN score poisons its row as it
+// does in PyTorch instead of being skipped.
+template <typename acc_t>
+acc_t nan_propagating_max(acc_t a, acc_t b) {
+  return (b > a || b != b) ? b : a;
+}
+
+// One step of the online softmax: folds a tile of scores into the running
+// max and sum of each row, rescales the output accumulated so far, and turns
+// the scores into unnormalised probabilities exp(s - max).
+template <typename acc_t>
+void online_softmax_step(const TileCoord& t, acc_t* scores, int64_t ld, ForwardWorkspace<acc_t>& ws) {
+  for (int64_t r = 0; r < t.rows; ++r) {
+    acc_t* s = scores + r * ld;
+    const acc_t old_max = ws.row_max.data()[r];
+    const acc_t new_max = nan_propagating_max(old_max, max_element(s, t.cols));
+    if (new_max == minus_infinity<acc_t>()) {  // everything so far is masked out
+      std::fill(s, s + t.cols, acc_t(0));
+      continue;
+    }
+    const acc_t tile_sum = exp_shifted(s, t.cols, new_max, acc_t(1));
+    const acc_t rescale = std::exp(old_max - new_max);
+    scale(ws.out.data() + r * ws.value_dim, ws.value_dim, rescale);
+    ws.row_sum.data()[r] = ws.row_sum.data()[r] * rescale + tile_sum;
+    ws.row_max.data()[r] = new_max;
+  }
+}
+
+// Divides each row of the output by its sum and writes it with its
+// logsumexp. A fully masked row gives 0, as PyTorch's safe softmax.
+template <typename scalar_t, typename acc_t>
+void finish_query_tile(const AttentionParams& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
+                       ForwardWorkspace<acc_t>& ws) {
+  const int64_t Ev = p.value_dim;
+  auto* lse = static_cast<acc_t*>(p.logsumexp) + p.row_index(b, h, row0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t row_max = ws.row_max.data()[r];
+    acc_t* out = ws.out.data() + r * Ev;
+    if (row_max == minus_infinity<acc_t>()) {
+      std::fill(out, out + Ev, acc_t(0));
+      lse[r] = minus_infinity<acc_t>();
+      continue;
+    }
+    const acc_t row_sum = ws.row_sum.data()[r];
+    scale(out, Ev, acc_t(1) / row_sum);
+    lse[r] = row_max + std::log(row_sum);
+  }
+  store_tile<scalar_t>(ws.out.data(), Ev, p.out, b, h, row0, rows, Ev);
+}
+
+template <typename acc_t>
+void start_query_tile(int64_t rows, ForwardWorkspace<acc_t>& ws) {
+  fill_tile(ws.out.data(), ws.value_dim, rows, ws.value_dim, acc_t(0));
+  std::fill(ws.row_max.data(), ws.row_max.data() + rows, minus_infinity<acc_t>());
+  std::fill(ws.row_sum.data(), ws.row_sum.data() + rows, acc_t(0));
+}
+
+// Streams the key tiles of [keys.first, keys.end) past the begun tile of
+// query rows, folding them into the running output, max and sum.
+template <typename acc_t, typename Products>
+void accumulate_keys(const AttentionParams& p, int64_t b, int64_t h, int64_t row0, int64_t rows, KeyRange keys,
+                     Products& products, ForwardWorkspace<acc_t>& ws) {
+  for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
+    const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, keys.end - col0)};
+    acc_t* s = ws.scores.data();
+    products.scores(t, s, kKeyTile);
+    apply_score_rules(p, t, s, kKeyTile);
+    online_softmax_step(t, s, kKeyTile, ws);
+    // Dropout acts on the probabilities that multiply V, after the row sum
+    // has taken them in: the softmax itself is never dropped.
+    if (p.dropout.enabled()) {
+      dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
+      multiply_tile(s, ws.dropout.data(), kKeyTile, rows, t.cols);
+    }
+    products.add_probs_times_values(t, s, kKeyTile, ws.out.data(), p.value_dim);
+  }
+}
+
+template <typename scalar_t, typename acc_t, typename Products>
+void forward_query_tile(const AttentionParams& p, int64_t b, int64_t h, int64_t row0, Products& products,
+                        ForwardWorkspace<acc_t>& ws) {
+  const int64_t rows = std::min(kQueryTile, p.q_len - row0);
+  products.begin_head(b, h / p.group_size());
+  products.begin_query_tile(b, h, row0, rows);
+  start_query_tile(rows, ws);
+  accumulate_keys(p, b, h, row0, rows, visible_key_tiles(p, row0, rows), products, ws);
+  finish_query_tile<scalar_t>(p, b, h, row0, rows, ws);
+}
+
+}  // namespace selfattn::cpu
