@@ -54,18 +54,8 @@ def scaled_dot_product_attention(
             docstring.
     """
     return torch.ops.selfattn.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=attn_mask,
-        dropout_p=dropout_p,
-        is_causal=is_causal,
-        scale=scale,
-        enable_gqa=enable_gqa,
-        window=window,
-        causal_alignment=causal_alignment,
-        alibi_slopes=alibi_slopes,
-        softcap=softcap,
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+        window=window, causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, softcap=softcap,
     )
 
 
@@ -99,20 +89,8 @@ def varlen_attention(
     (total_q, Hq, Ev) view. Differentiable; alibi_slopes may be (sequences, Hq).
     """
     return torch.ops.selfattn.varlen_attention(
-        query,
-        key,
-        value,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_seqlen_q,
-        max_seqlen_k,
-        dropout_p=dropout_p,
-        is_causal=is_causal,
-        scale=scale,
-        window=window,
-        causal_alignment=causal_alignment,
-        alibi_slopes=alibi_slopes,
-        softcap=softcap,
+        query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, is_causal, scale,
+        window=window, causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, softcap=softcap,
     )
 
 
@@ -131,13 +109,6 @@ def kv_cache_attention(
     the parts by logsumexp. Returns (B, Hq, L, Ev).
     """
     return torch.ops.selfattn.kv_cache_attention(
-        query,
-        key_cache,
-        value_cache,
-        cache_seqlens,
-        is_causal=is_causal,
-        scale=scale,
-        window=window,
-        alibi_slopes=alibi_slopes,
-        softcap=softcap,
+        query, key_cache, value_cache, cache_seqlens,
+        is_causal=is_causal, scale=scale, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
     )
