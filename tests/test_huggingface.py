@@ -43,6 +43,14 @@ def tiny(kind):
     elif kind == "mistral":
         config = transformers.MistralConfig(**common, num_key_value_heads=2, sliding_window=5)
         model, inputs, mask = transformers.MistralForCausalLM(config), dict(input_ids=ids), pad
+    elif kind == "gemma2":
+        config = transformers.Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=5,
+                                           attn_logit_softcapping=0.5, final_logit_softcapping=None,
+                                           query_pre_attn_scalar=8)
+        model, inputs, mask = transformers.Gemma2ForCausalLM(config), dict(input_ids=ids), pad
+        with torch.no_grad():  # scores of order 1, which the cap bends
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(30)
     elif kind == "gpt2":
         config = transformers.GPT2Config(vocab_size=61, n_embd=32, n_layer=2, n_head=4, n_positions=32)
         model, inputs, mask = transformers.GPT2LMHeadModel(config), dict(input_ids=ids), pad
@@ -109,6 +117,26 @@ def test_logits_and_gradients_match_sdpa_and_eager(kind, padded):
     assert ours.keys() == expected.keys()
     for name in expected:
         assert_within_dtype_rule(name, ours[name], pytorch[name], expected[name])
+        assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_gemma2_softcap_runs_in_the_kernels(padded):
+    # transformers' sdpa path has no softcap, so eager is the yardstick here.
+    model, inputs, mask = tiny("gemma2")
+    valid = mask if padded else None
+    if padded:
+        inputs = masked(inputs, mask)
+    ours, names = ops_called(lambda: logits_and_grads(model, NAME, inputs, valid))
+    assert "selfattn::attention_forward" in names and "selfattn::attention_backward" in names
+    eager = logits_and_grads(model, "eager", inputs, valid)
+    expected = logits_and_grads(copy.deepcopy(model).double(), "eager", inputs, valid)
+    uncapped = copy.deepcopy(model)
+    for layer in uncapped.model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    assert not torch.allclose(logits_and_grads(uncapped, NAME, inputs, valid)["logits"], ours["logits"], atol=1e-3)
+    assert ours.keys() == expected.keys()
+    for name in expected:
         assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
 
 
@@ -193,7 +221,6 @@ class _Layer(torch.nn.Module):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(softcap=30.0), "does not support `softcap`: logit soft-capping"),
     (dict(s_aux=torch.zeros(4)), "does not support `s_aux`: attention sinks"),
     (dict(cache=object()), "does not support a paged cache"),
 ])
@@ -201,6 +228,12 @@ def test_unsupported_features_raise_clearly(kwargs, message):
     q = torch.randn(1, 4, 5, 8)
     with pytest.raises(ValueError, match=message):
         hf_selfattn.attention_forward(_Layer(), q, q, q, None, **kwargs)
+
+
+def test_attention_weights_with_softcap_raise_clearly():
+    q = torch.randn(1, 4, 5, 8)
+    with pytest.raises(ValueError, match="cannot return attention weights with `softcap`"):
+        hf_selfattn.attention_forward(_Layer(), q, q, q, None, softcap=30.0, output_attentions=True)
 
 
 def test_position_bias_and_mask_dtypes_as_transformers_sdpa():

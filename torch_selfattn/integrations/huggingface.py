@@ -26,7 +26,6 @@ NAME = "torch_selfattn"
 # Keyword arguments some models pass that change the attention itself, and
 # what to use instead.
 _UNSUPPORTED = {
-    "softcap": "logit soft-capping (Gemma 2 style); use attn_implementation='eager'",
     "s_aux": "attention sinks (GPT-OSS style); use attn_implementation='eager'",
 }
 
@@ -73,12 +72,17 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         # Our kernels take float masks in float32 or the query's dtype; a custom 4-D mask may be neither.
         attention_mask = attention_mask.to(query.dtype)
 
+    # Gemma 2's logit soft-capping runs in the kernels.
+    softcap = kwargs.get("softcap")
     output = scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
+        enable_gqa=query.shape[1] != key.shape[1], softcap=softcap,
     )
     weights = None
     if _wants_weights(module, kwargs):
+        if softcap is not None:
+            raise ValueError(f"attn_implementation='{NAME}' cannot return attention weights with `softcap` yet; "
+                             "use attn_implementation='eager' for output_attentions")
         weights = attention_weights(query, key, attn_mask=attention_mask, is_causal=is_causal, scale=scaling)
     return output.transpose(1, 2).contiguous(), weights
 
