@@ -48,6 +48,9 @@ def extension():
         ).split()
         with open(CUDA_ARCH_RECORD, "w") as f:
             f.write("\n".join(arch_flags) + "\n")
+        # The Hopper kernels need the arch-specific sm_90a code (wgmma,
+        # setmaxnreg); the host side takes them only when it was built.
+        hopper_flags = ["-DTORCH_SELFATTN_SM90A=1"] if any("90a" in flag for flag in arch_flags) else []
         return cpp_extension.CUDAExtension(
             "torch_selfattn._C",
             cpp_sources + cuda_sources,
@@ -55,7 +58,7 @@ def extension():
             define_macros=[("TORCH_SELFATTN_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + arch_flags,
+                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + arch_flags + hopper_flags,
             },
             extra_link_args=link_flags,
         )

@@ -21,6 +21,7 @@ needs: q, k, v, the output gradient, the output and the three gradients.
     python benchmarks/bench_gpu.py                      # full grid, bf16 and fp16
     python benchmarks/bench_gpu.py --quick              # 4 configurations, bf16
     python benchmarks/bench_gpu.py --out benchmarks/results/gpu.md
+    TORCH_SELFATTN_HOPPER=1 python benchmarks/bench_gpu.py --label "Hopper forward"
 """
 import argparse
 import contextlib
@@ -269,12 +270,14 @@ def geometric_mean_line(results):
     return "Geometric mean of ours/FLASH: " + ("; ".join(parts) if parts else "n/a") + "."
 
 
-def report(results, peaks, rep_ms):
-    """The markdown: header naming the machine, the speed table, the memory table."""
+def report(results, peaks, rep_ms, label=None):
+    """The markdown: header naming the machine (and what "ours" ran, when
+    labelled), the speed table, the memory table."""
     peak_text = ", ".join(f"{name} {tflops:.0f} TFLOP/s" for name, tflops in peaks.items())
     lines = [
         "# torch-selfattn vs PyTorch SDPA on CUDA",
         "",
+        *([f"Ours: {label}.", ""] if label else []),
         f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         f"Peak (8192³ torch.mm, same run): {peak_text}.",
@@ -297,6 +300,7 @@ def main():
     parser.add_argument("--dtypes", default="bf16,fp16", help="comma-separated, of bf16 and fp16 (default: both)")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="timed milliseconds per measurement")
     parser.add_argument("--out", help="also write the markdown report to this file")
+    parser.add_argument("--label", help='what "ours" ran, for the header (e.g. which kernels a switch picked)')
     args = parser.parse_args()
     dtype_names = [name.strip() for name in args.dtypes.split(",") if name.strip()]
     unknown = [name for name in dtype_names if name not in DTYPES]
@@ -318,7 +322,7 @@ def main():
             f"{p} " + " ".join(f"{name} {cell(t[p])}" for name, t in results[cfg]["tflops"].items()) for p in PASSES
         )
         print(f"[{i}/{len(grid)}] {cfg.label}: {speeds}", file=sys.stderr, flush=True)
-    text = report(results, peaks, args.rep_ms)
+    text = report(results, peaks, args.rep_ms, args.label)
     print(text, flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -7,6 +7,13 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on
 #             benchmarks/sanitize_case.py                        sanitizer.log
 #   bench     benchmarks/bench_gpu.py                            bench.log, gpu_table.md
+#   hopper    the Hopper forward, opt-in with TORCH_SELFATTN_HOPPER=1 until it
+#             is verified (needs an sm_90 device): tests/test_cuda_hopper.py,
+#             then tests/test_cuda*.py with the switch on, memcheck and
+#             racecheck, and bench_gpu.py labelled as the Hopper run
+#                                                                hopper.log, hopper_sanitizer.log,
+#                                                                gpu_table_hopper.md
+#             (not in the default STEPS: STEPS="build hopper" runs it)
 # Environment:
 #   STEPS          the steps to run, in order (default "build tests sanitize bench")
 #   BENCH_ARGS     extra flags for bench_gpu.py, e.g. "--quick" or "--dtypes bf16"
@@ -81,8 +88,9 @@ find_sanitizer() {
   return 1
 }
 
-step_sanitize() {
-  local log="$OUT/sanitizer.log" sanitizer
+# memcheck and racecheck on benchmarks/sanitize_case.py.
+sanitize() {  # log
+  local log=$1 sanitizer
   : >"$log"
   sanitizer=$(find_sanitizer) ||
     fail "$log" "compute-sanitizer not found on PATH nor in \${CUDA_HOME:-/usr/local/cuda}/bin"
@@ -95,18 +103,52 @@ step_sanitize() {
   grep -E "SUMMARY" "$log" || true
 }
 
-step_bench() {
-  local log="$OUT/bench.log" bench_args
+step_sanitize() {
+  sanitize "$OUT/sanitizer.log"
+}
+
+# bench_gpu.py with BENCH_ARGS and any further flags given, its table in `table`.
+bench() {  # log table [bench_gpu.py flags...]
+  local log=$1 table=$2 bench_args
+  shift 2
   : >"$log"
   read -r -a bench_args <<<"${BENCH_ARGS:-}"
-  logged "$log" python3 benchmarks/bench_gpu.py --out "$OUT/gpu_table.md" ${bench_args[@]+"${bench_args[@]}"}
-  cat "$OUT/gpu_table.md"
+  logged "$log" python3 benchmarks/bench_gpu.py --out "$table" "$@" ${bench_args[@]+"${bench_args[@]}"}
+  cat "$table"
 }
+
+step_bench() {
+  bench "$OUT/bench.log" "$OUT/gpu_table.md"
+}
+
+# In a subshell, so that the switch stays off for the steps after it.
+step_hopper() (
+  export TORCH_SELFATTN_HOPPER=1
+  local log="$OUT/hopper.log"
+  : >"$log"
+  require_cuda_library "$log"
+  # The Hopper tests skip on any other device; here that would hide the path.
+  logged "$log" python3 -c "
+import sys, torch
+capability = torch.cuda.get_device_capability()
+if capability != (9, 0):
+    sys.exit(f'the hopper step needs a compute capability 9.0 device (H100, H200); this one is {capability}')"
+  logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" \
+    python3 -m pytest tests/test_cuda_hopper.py -q -rs --durations=10
+  if grep -qE "[0-9]+ skipped" "$log"; then
+    fail "$log" "tests/test_cuda_hopper.py skipped tests on an sm_90 device (the reasons are above)"
+  fi
+  logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" python3 -m pytest tests/test_cuda.py tests/test_cuda_runtime.py -q -rs
+  grep -E "^[0-9]+ (passed|failed|skipped)|^=+ .*(passed|failed)" "$log" || true
+  sanitize "$OUT/hopper_sanitizer.log"
+  bench "$OUT/hopper_bench.log" "$OUT/gpu_table_hopper.md" \
+    --label "forward on the Hopper kernels (TORCH_SELFATTN_HOPPER=1), backward on the sm_80 kernels"
+)
 
 for step in $STEPS; do
   case "$step" in
-    build | tests | sanitize | bench) ;;
-    *) fail "" "unknown step '$step' in STEPS (known: build tests sanitize bench)" ;;
+    build | tests | sanitize | bench | hopper) ;;
+    *) fail "" "unknown step '$step' in STEPS (known: build tests sanitize bench hopper)" ;;
   esac
   start=$SECONDS
   echo "== $step"

@@ -5,7 +5,9 @@ racecheck). Lengths of 100 leave partial tiles at every edge:
 - fp16, E=64, causal, GQA (8 query heads on 2 key/value heads): tensor cores;
 - fp32 with a float mask that requires grad, E=40, Ev=24: the scalar kernels
   and the atomic mask-gradient sum over the broadcast batch dim;
-- bf16 with dropout, E=128: tensor cores with the Philox stream.
+- bf16 with dropout, E=128: tensor cores with the Philox stream;
+- bf16, E=128, GQA, no dropout: tensor cores, or with TORCH_SELFATTN_HOPPER=1
+  on an H100 the Hopper forward (as is the first case).
 
 Exits 0 when every result is finite; the sanitizer decides the rest.
 
@@ -47,6 +49,7 @@ def main():
         run_case("fp16 causal GQA", torch.float16, Hq=8, H=2, E=64, Ev=64, g=g, is_causal=True, enable_gqa=True),
         run_case("fp32 float mask with grad", torch.float32, Hq=3, H=3, E=40, Ev=24, g=g, mask_shape=(1, 3, 100, 100)),
         run_case("bf16 dropout", torch.bfloat16, Hq=4, H=4, E=128, Ev=128, g=g, dropout_p=0.2),
+        run_case("bf16 GQA", torch.bfloat16, Hq=4, H=2, E=128, Ev=128, g=g, enable_gqa=True),
     ]
     return 0 if all(results) else 1
 

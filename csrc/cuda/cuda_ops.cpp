@@ -134,8 +134,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
   if (takes_tensor_cores(query, value)) {
     const at::Tensor q = tensor_core_operand(query), k = tensor_core_operand(key), v = tensor_core_operand(value);
     at::Tensor out = padded_like(output, v.size(3));
-    cuda::tensor_core_forward(make_params(q, k, v, attn_mask, out, logsumexp, dropout_p, is_causal, scale, options), seed,
-                              stream);
+    const AttentionParams params =
+        make_params(q, k, v, attn_mask, out, logsumexp, dropout_p, is_causal, scale, options);
+    if (cuda::hopper_forward_enabled() && cuda::hopper_forward_supports(params)) {
+      cuda::hopper_forward(params, stream);
+    } else {
+      cuda::tensor_core_forward(params, seed, stream);
+    }
     copy_back(out, output);
   } else {
     cuda::scalar_forward(make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale, options),

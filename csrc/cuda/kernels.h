@@ -5,7 +5,8 @@
 //
 // Two families:
 //   - tensor_core/: fp16 and bf16, mma.sync m16n8k16 (sm_80 and newer), for
-//     head dims up to 256 whose rows are 16-byte aligned;
+//     head dims up to 256 whose rows are 16-byte aligned; on sm_90 its
+//     forward gives way to hopper/ where that takes the call (opt-in);
 //   - scalar/: any dtype and head dim, no tensor cores; the fp32 and fp64
 //     path (gradcheck runs on it) and the fallback for what the first family
 //     does not take.
@@ -59,6 +60,22 @@ void tensor_core_backward(const AttentionBackwardParams& bp, const DropoutSeed& 
 
 // grad_q = scale · grad_q_accum, in q's dtype and grad_q's strides.
 void finish_grad_q(const AttentionBackwardParams& bp, const BackwardBuffers& buffers, cudaStream_t stream);
+
+// --- Hopper path (hopper/), forward only: experimental until verified on an H100 ---
+
+// Whether TORCH_SELFATTN_HOPPER=1 is set. Read at every call (a getenv, far
+// below a launch's cost) so that tests can switch the path within a process.
+bool hopper_forward_enabled();
+
+// Whether the Hopper forward (TMA, wgmma, warp specialisation) takes this
+// call: a build with sm_90a code, a compute capability 9.0 device, fp16 or
+// bf16, E = Ev = 64 or 128, no mask, no dropout, and q, k, v that the copy
+// engine can describe (16-byte aligned base and strides, unit column
+// stride, no broadcast strides). Everything else stays on tensor_core_forward.
+bool hopper_forward_supports(const AttentionParams& p);
+
+// Writes out and logsumexp as tensor_core_forward does.
+void hopper_forward(const AttentionParams& p, cudaStream_t stream);
 
 // --- scalar path (scalar/) ---
 
