@@ -66,10 +66,12 @@ def forward_path(fn):
         result = fn()
         torch.cuda.synchronize()
     # Ours only: PyTorch's kernels, which the checks also run, do not count.
-    names = {event.name for event in prof.events() if "selfattn::" in event.name}
+    # Names are demangled ("selfattn::cuda::tc::forward_kernel<...>"); the
+    # mangled forms ("8selfattn4cuda2tc14forward_kernel") are matched too.
+    names = {event.name for event in prof.events() if "selfattn" in event.name}
     if any("hopper_forward_kernel" in name for name in names):
         return result, "hopper"
-    if any("tc::forward_kernel" in name for name in names):
+    if any("tc::forward_kernel" in name or "2tc14forward_kernel" in name for name in names):
         return result, "tensor_core"
     if any("forward_kernel" in name for name in names):
         return result, "scalar"
