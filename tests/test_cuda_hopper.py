@@ -236,6 +236,29 @@ def test_what_the_path_declines_falls_back(case, path):
     check_path_and_accuracy(path, q, k, v, attn_mask=mask)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [dict(window_left=32), dict(window_right=0), dict(bottom_right=True), dict(softcap=30.0)],
+    ids=["window_left", "window_right", "bottom_right", "softcap"],
+)
+def test_options_beyond_sdpa_never_take_the_path(options):
+    """The core ops' options beyond SDPA's are not in the Hopper kernel: the
+    forward either refuses them on CUDA (as it does until the sm_80 kernels
+    take them) or runs them elsewhere, never on the Hopper path."""
+    q, k, v = (t.detach() for t in cuda_qkv(torch.bfloat16, L=128, S=128, E=64, seed=8))
+
+    def forward():
+        try:
+            return torch.ops.selfattn.attention_forward(q, k, v, None, 0.0, True, 0.125, **options)
+        except NotImplementedError:
+            return None
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    assert not any("hopper_forward_kernel" in event.name for event in prof.events())
+
+
 def test_dropout_falls_back():
     q, k, v = (t.detach() for t in cuda_qkv(torch.float16, L=64, S=64, E=64, seed=2))
     out, path = forward_path(lambda: ours(q, k, v, dropout_p=0.3))

@@ -39,9 +39,18 @@ bool compiled_head_dim(int64_t dim) {
   return false;
 }
 
+// PyTorch's SDPA and nothing more: no sliding window, bottom-right
+// alignment, softcap, ALiBi or packed sequences, which the kernel does not
+// implement.
+bool sdpa_options_only(const AttentionParams& p) {
+  return !p.bottom_right && p.window_left < 0 && p.window_right < 0 && p.softcap == 0.0 &&
+         p.alibi_slopes == nullptr && !p.has_sequences() && p.rows_per_head == p.q_len;
+}
+
 // What the kernel computes: fp16 or bf16, E = Ev of a compiled head dim, no
-// mask, no dropout; the output written as 4-byte pairs of a row, so rows
-// with unit column stride and even strides from a 4-byte aligned base.
+// mask, no dropout, no option beyond SDPA's; the output written as 4-byte
+// pairs of a row, so rows with unit column stride and even strides from a
+// 4-byte aligned base.
 bool computes(const AttentionParams& p) {
   const bool sixteen_bit = p.dtype == ElementType::Float16 || p.dtype == ElementType::BFloat16;
   const Strides4& out = p.out.stride;
@@ -49,8 +58,8 @@ bool computes(const AttentionParams& p) {
                              out.row % 2 == 0 && out.head % 2 == 0 && out.batch % 2 == 0;
   const int64_t blocks = ceil_div(p.q_len, hopper::kForwardBlockM) * p.batch * p.q_heads;
   return sixteen_bit && p.head_dim == p.value_dim && compiled_head_dim(p.head_dim) &&
-         p.mask_kind == MaskKind::None && !p.dropout.enabled() && p.kv_len > 0 && p.q_len > 0 && pairs_aligned &&
-         blocks <= 0x7fffffff;
+         p.mask_kind == MaskKind::None && !p.dropout.enabled() && sdpa_options_only(p) && p.kv_len > 0 &&
+         p.q_len > 0 && pairs_aligned && blocks <= 0x7fffffff;
 }
 
 std::optional<hopper::ForwardMaps> forward_maps(const AttentionParams& p) {

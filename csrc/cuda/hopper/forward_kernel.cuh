@@ -179,7 +179,6 @@ __device__ __forceinline__ void store_rows(const AttentionParams& p, const Query
                                            const float (&o)[kOBlocks][4], const OnlineSoftmax& softmax) {
   const int t = static_cast<int>(threadIdx.x) % 4;
   T* out = static_cast<T*>(p.out.data) + block.batch * p.out.stride.batch + block.head * p.out.stride.head;
-  float* lse = static_cast<float*>(p.logsumexp) + (block.batch * p.q_heads + block.head) * p.q_len;
 #pragma unroll
   for (int row = 0; row < 2; ++row) {
     float factor, logsumexp;
@@ -192,7 +191,7 @@ __device__ __forceinline__ void store_rows(const AttentionParams& p, const Query
       *reinterpret_cast<uint32_t*>(out_row + 8 * j + 2 * t) =
           tc::pack_pair<T>(o[j][2 * row] * factor, o[j][2 * row + 1] * factor);
     }
-    if (t == 0) lse[i] = logsumexp;
+    if (t == 0) static_cast<float*>(p.logsumexp)[p.row_index(block.batch, block.head, i)] = logsumexp;
   }
 }
 
