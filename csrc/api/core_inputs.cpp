@@ -107,8 +107,9 @@ void check_sequence_values(const char* op, const at::Tensor& query, const at::Te
     const int32_t* cu_k = o.cu_seqlens_k.has_value() ? o.cu_seqlens_k->const_data_ptr<int32_t>() : nullptr;
     for (int64_t s = 0; s < sequences; ++s) {
       const int64_t available = cu_k != nullptr ? int64_t(cu_k[s + 1]) - cu_k[s] : key.size(2);
-      TORCH_CHECK(used[s] >= 0 && used[s] <= available, op, ": seqused_k[", s, "] = ", used[s],
-                  " must be in [0, ", available, "], the keys that sequence has");
+      // kv_cache_attention's cache_seqlens arrive as seqused_k: the message names both.
+      TORCH_CHECK(used[s] >= 0 && used[s] <= available, op, ": cache_seqlens[", s, "] = ", used[s],
+                  " (seqused_k) must be in [0, ", available, "], the keys that sequence has");
     }
   }
 }

@@ -143,10 +143,15 @@ at::Tensor slopes_as_2d(const at::Tensor& slopes, const SymShape& outer, const c
   TORCH_CHECK(slopes.dim() >= 1 && slopes.sym_size(-1) == q_heads, kOp, ": alibi_slopes must have shape (Hq,) = (",
               q_heads, ",) or (..., Hq) broadcasting to the batch dims, got ", slopes.sym_sizes());
   if (slopes.dim() == 1) return slopes;
-  TORCH_CHECK(slopes.dim() <= static_cast<int64_t>(outer.size()) + 1, kOp, ": alibi_slopes of shape ",
-              slopes.sym_sizes(), " has more dims than the batch dims and heads (", c10::SymIntArrayRef(outer), ", ",
-              q_heads, ")");
-  return slopes.expand_symint(concat(outer, {q_heads})).reshape_symint({product(outer), q_heads});
+  const SymShape target = concat(outer, {q_heads});
+  TORCH_CHECK(slopes.dim() <= static_cast<int64_t>(target.size()), kOp, ": alibi_slopes of shape ",
+              slopes.sym_sizes(), " has more dims than the batch dims and heads ", c10::SymIntArrayRef(target));
+  for (int64_t d = 2; d <= slopes.dim(); ++d) {
+    const c10::SymInt& size = slopes.sym_size(-d);
+    TORCH_CHECK(size == 1 || size == target[target.size() - d], kOp, ": alibi_slopes of shape ", slopes.sym_sizes(),
+                " does not broadcast to the batch dims and heads ", c10::SymIntArrayRef(target));
+  }
+  return slopes.expand_symint(target).reshape_symint({product(outer), q_heads});
 }
 
 at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,

@@ -62,6 +62,9 @@ at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cac
   check_rank(op, "key_cache", key_cache, 4, "(batch, H, S_max, E)");
   check_rank(op, "value_cache", value_cache, 4, "(batch, H, S_max, Ev)");
   AttentionOptions options = score_options(op, window, "bottom_right", alibi_slopes, softcap);
+  check_rank(op, "cache_seqlens", cache_seqlens, 1, "(batch,)");
+  TORCH_CHECK(cache_seqlens.sym_size(0) == query.sym_size(0), op, ": cache_seqlens must have one entry per sequence (",
+              query.sym_size(0), "), got ", cache_seqlens.sym_size(0));
   options.seqused_k = as_int32(op, "cache_seqlens", cache_seqlens);
   auto [out, logsumexp, rng_state] = call_attention_forward(query, key_cache, value_cache, std::nullopt, 0.0,
                                                             is_causal, default_scale(query, scale), options);

@@ -28,13 +28,20 @@ struct KeyRange {
   int64_t first, end;
 };
 
+// [first, end) ∩ [0, n), empty (first = end) when they do not meet. A band
+// may lie wholly past either end: rows far below a top-left window's keys
+// see none of them.
+SELFATTN_HOST_DEVICE KeyRange clipped(int64_t first, int64_t end, int64_t n) {
+  first = first < 0 ? 0 : (first > n ? n : first);
+  end = end > n ? n : end;
+  return KeyRange{first, end < first ? first : end};
+}
+
 SELFATTN_HOST_DEVICE KeyRange visible_keys(const AttentionParams& p, int64_t i, int64_t shift, int64_t kv_len) {
   const int64_t diagonal = i + shift;
   int64_t first = p.window_left >= 0 ? diagonal - p.window_left : 0;
   int64_t end = right_reach(p) >= 0 ? diagonal + right_reach(p) + 1 : kv_len;
-  first = first < 0 ? 0 : first;
-  end = end > kv_len ? kv_len : end;
-  return KeyRange{first, end < first ? first : end};
+  return clipped(first, end, kv_len);
 }
 
 SELFATTN_HOST_DEVICE bool key_hidden(const AttentionParams& p, int64_t i, int64_t j, int64_t shift,
@@ -47,9 +54,7 @@ SELFATTN_HOST_DEVICE bool key_hidden(const AttentionParams& p, int64_t i, int64_
 SELFATTN_HOST_DEVICE KeyRange rows_seeing(const AttentionParams& p, int64_t j, int64_t shift, int64_t q_len) {
   int64_t first = right_reach(p) >= 0 ? j - shift - right_reach(p) : 0;
   int64_t end = p.window_left >= 0 ? j - shift + p.window_left + 1 : q_len;
-  first = first < 0 ? 0 : first;
-  end = end > q_len ? q_len : end;
-  return KeyRange{first, end < first ? first : end};
+  return clipped(first, end, q_len);
 }
 
 SELFATTN_HOST_DEVICE bool has_score_bias(const AttentionParams& p) {

@@ -35,7 +35,7 @@ AttentionParams sequence_problem(const AttentionParams& p, int64_t s) {
   sub.logsumexp = at_row(p.logsumexp, p, seq.batch, seq.q_begin);
   if (p.alibi_slopes != nullptr) {
     sub.alibi_slopes = static_cast<const char*>(p.alibi_slopes) +
-                       seq.batch * p.alibi_batch_stride *
+                       s * p.alibi_batch_stride *
                            element_size(p.dtype == ElementType::Float64 ? ElementType::Float64 : ElementType::Float32);
   }
   sub.dropout.index_base = p.dropout.index_base + static_cast<uint64_t>(s * p.q_heads) *
