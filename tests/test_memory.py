@@ -1,6 +1,7 @@
-"""Memory: forward and backward at L = S = 8192 must not hold anything of size
-L×S. One such float32 matrix per head is 256 MiB; the peak resident set of a
-fresh child process may grow by far less than that."""
+"""Memory: forward and backward at L = S = 8192, and the double backward of a
+gradient penalty, must not hold anything of size L×S. One such float32 matrix
+per head is 256 MiB; the peak resident set of a fresh child process may grow
+by far less than that."""
 import json
 import subprocess
 import sys
@@ -14,7 +15,8 @@ SCORES_PER_HEAD = L * S * 4  # one float32 L×S matrix: 256 MiB
 # What the results themselves take: output, dq, dk, dv (float32) and logsumexp.
 RESULTS = (4 * H * L * E + H * L) * 4  # about 16 MiB
 
-CHILD = textwrap.dedent(
+# What every child runs first.
+CHILD_PRELUDE = textwrap.dedent(
     f"""
     import json, sys
     import torch, torch_selfattn
@@ -27,6 +29,16 @@ CHILD = textwrap.dedent(
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
+    def control_mib():
+        # The measurement itself must see an L×S matrix when there is one.
+        before = peak_mib()
+        scores_matrix = torch.ones({L}, {S})
+        return peak_mib() - before
+    """
+)
+
+CHILD = CHILD_PRELUDE + textwrap.dedent(
+    f"""
     H, E = {H}, {E}
 
     def make(L, S, mask_grad):
@@ -83,18 +95,35 @@ CHILD = textwrap.dedent(
         report["dmask_sum_err"] = abs(mask.grad.double().sum().item())
         report["dmask_sum_scale"] = mask.grad.double().abs().sum().item()
 
-    # The measurement itself must see an L×S matrix when there is one.
-    control_before = peak_mib()
-    scores_matrix = torch.ones({L}, {S})
-    control_after = peak_mib()
-    report["control"] = control_after - control_before
+    report["control"] = control_mib()
     print("REPORT " + json.dumps(report))
     """
 )
 
+# The double backward of a gradient penalty, with one head: the first-order
+# gradients are recomputed block by block of query rows.
+DOUBLE_BACKWARD_CHILD = CHILD_PRELUDE + textwrap.dedent(
+    f"""
+    def penalty_step(L, S):
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 1, n, 16, generator=g, requires_grad=True) for n in (L, S, S))
+        out = torch_selfattn.scaled_dot_product_attention(q, k, v)
+        grad_q, = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+        grad_q.square().sum().backward()
+        return q, k, v
 
-def run_child(mode):
-    result = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=600)
+    penalty_step(256, 256)  # warm-up, as above
+    before = peak_mib()
+    leaves = penalty_step({L}, {S})
+    after = peak_mib()
+    finite = all(bool(torch.isfinite(t.grad).all()) and bool(t.grad.abs().sum() > 0) for t in leaves)
+    print("REPORT " + json.dumps({{"before": before, "after": after, "finite": finite, "control": control_mib()}}))
+    """
+)
+
+
+def run_child(mode, script=CHILD):
+    result = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert len(lines) == 1, result.stdout + result.stderr[-2000:]
@@ -130,3 +159,12 @@ def test_forward_backward_with_broadcast_mask_gradient_at_8192():
     # The gradient of a (1, 1, 1, S) mask sums dS over heads and rows; it must
     # be summed on the fly, not from a materialised (B, H, L, S) gradient.
     check(run_child("mask"), mask=True)
+
+
+def test_double_backward_at_8192_does_not_materialise_scores():
+    report = run_child("double", DOUBLE_BACKWARD_CHILD)
+    assert report["finite"], report
+    growth = (report["after"] - report["before"]) * MiB
+    # One head's L×S float32 matrix is 256 MiB; PyTorch's math path keeps several.
+    assert growth < SCORES_PER_HEAD / 4, f"peak RSS grew by {growth / MiB:.1f} MiB ({report})"
+    assert report["control"] * MiB > SCORES_PER_HEAD / 2, report

@@ -1,41 +1,29 @@
-// Autograd for attention_forward, in C++, so that the op is differentiable
-// from LibTorch with no Python in the loop. The backward recomputes the
-// probabilities from the saved logsumexp (and the dropout mask from the saved
-// rng_state): nothing of size L×S is kept between the passes.
+// The Autograd kernels of the core ops, in C++, so that they are
+// differentiable from LibTorch with no Python in the loop:
+//   attention_forward   its backward is attention_backward, which recomputes
+//                       the probabilities from the saved logsumexp (and the
+//                       dropout mask from the saved rng_state): nothing of
+//                       size L×S is kept between the passes;
+//   attention_backward  differentiable in turn (double backward): its forward
+//                       is the fused backward kernel, as in a plain backward
+//                       pass; its backward, the second derivative, recomputes
+//                       the first-order gradients with differentiable ATen
+//                       ops, block by block (backward_derivative.h).
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
+
+#include "api/backward_derivative.h"
 #include "api/op_calls.h"
+#include "api/saved_settings.h"
 
 namespace selfattn {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// The options travel from the forward to the backward in saved_data; their
-// tensors are constants of the graph (int32 offsets, slopes without grad).
-void save_options(AutogradContext* ctx, const AttentionOptions& o) {
-  ctx->saved_data["window_left"] = o.window_left;
-  ctx->saved_data["window_right"] = o.window_right;
-  ctx->saved_data["bottom_right"] = o.bottom_right;
-  ctx->saved_data["alibi_slopes"] = o.alibi_slopes;
-  ctx->saved_data["softcap"] = o.softcap;
-  ctx->saved_data["cu_seqlens_q"] = o.cu_seqlens_q;
-  ctx->saved_data["cu_seqlens_k"] = o.cu_seqlens_k;
-  ctx->saved_data["seqused_k"] = o.seqused_k;
-  ctx->saved_data["max_seqlen_q"] = o.max_seqlen_q;
-  ctx->saved_data["max_seqlen_k"] = o.max_seqlen_k;
-}
-
-AttentionOptions saved_options(AutogradContext* ctx) {
-  auto& d = ctx->saved_data;
-  return attention_options(d["window_left"].toInt(), d["window_right"].toInt(), d["bottom_right"].toBool(),
-                           d["alibi_slopes"].toOptional<at::Tensor>(), d["softcap"].toDouble(),
-                           d["cu_seqlens_q"].toOptional<at::Tensor>(), d["cu_seqlens_k"].toOptional<at::Tensor>(),
-                           d["seqused_k"].toOptional<at::Tensor>(), d["max_seqlen_q"].toInt(),
-                           d["max_seqlen_k"].toInt());
-}
 
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
  public:
@@ -49,11 +37,7 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
         call_attention_forward(query, key, value, attn_mask, dropout_p, is_causal, scale, options);
     const bool mask_grad = attn_mask.has_value() && attn_mask->requires_grad();
     ctx->save_for_backward({query, key, value, attn_mask.value_or(at::Tensor()), output, logsumexp, rng_state});
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["mask_grad"] = mask_grad;
-    save_options(ctx, options);
+    save_settings(ctx, CallSettings{dropout_p, is_causal, scale, mask_grad, options});
     ctx->mark_non_differentiable({logsumexp, rng_state});
     return {output, logsumexp, rng_state};
   }
@@ -65,16 +49,64 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     const at::Tensor& value = saved[2];
     const std::optional<at::Tensor> attn_mask = saved[3].defined() ? std::optional<at::Tensor>(saved[3]) : std::nullopt;
     const at::Tensor& output = saved[4];
-    const bool mask_grad = ctx->saved_data["mask_grad"].toBool();
+    const CallSettings s = saved_settings(ctx);
 
     at::Tensor grad_output = grad_outputs[0];
     if (!grad_output.defined()) grad_output = at::zeros_like(output);
+    // Through the dispatcher, so that attention_backward's own Autograd
+    // kernel records the call when a second derivative is wanted.
     auto [grad_query, grad_key, grad_value, grad_mask] =
-        call_attention_backward(grad_output, query, key, value, attn_mask, output, saved[5], saved[6],
-                      ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
-                      ctx->saved_data["scale"].toDouble(), mask_grad, saved_options(ctx));
-    return {grad_query, grad_key, grad_value, mask_grad ? grad_mask : at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+        call_attention_backward(grad_output, query, key, value, attn_mask, output, saved[5], saved[6], s.dropout_p,
+                                s.is_causal, s.scale, s.attn_mask_requires_grad, s.options);
+    return {grad_query, grad_key, grad_value, s.attn_mask_requires_grad ? grad_mask : at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class AttentionBackwardFunction : public torch::autograd::Function<AttentionBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& query,
+                               const at::Tensor& key, const at::Tensor& value,
+                               const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+                               const at::Tensor& logsumexp, const at::Tensor& rng_state, const CallSettings& s) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [grad_query, grad_key, grad_value, grad_mask] =
+        call_attention_backward(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, s.dropout_p,
+                                s.is_causal, s.scale, s.attn_mask_requires_grad, s.options);
+    ctx->save_for_backward(
+        {grad_output, query, key, value, attn_mask.value_or(at::Tensor()), output, logsumexp, rng_state});
+    save_settings(ctx, s);
+    if (!s.attn_mask_requires_grad) ctx->mark_non_differentiable({grad_mask});  // an empty placeholder
+    return {grad_query, grad_key, grad_value, grad_mask};
+  }
+
+  // Gradients for grad_output, query, key, value and attn_mask; none for
+  // output and logsumexp, whose dependence on the inputs the recompute
+  // already differentiates (see backward_derivative.h).
+  static variable_list backward(AutogradContext* ctx, variable_list grad_grads) {
+    const auto saved = ctx->get_saved_variables();
+    const CallSettings s = saved_settings(ctx);
+    const bool has_mask = saved[4].defined();
+    // needs_input_grad counts the tensor arguments that were given: a
+    // missing mask takes no index.
+    const std::array<bool, kBackwardInputs> wanted = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                                      ctx->needs_input_grad(2), ctx->needs_input_grad(3),
+                                                      has_mask && ctx->needs_input_grad(4)};
+    const std::array<at::Tensor, 4> first_order_grads = {
+        grad_grads[0], grad_grads[1], grad_grads[2], s.attn_mask_requires_grad ? grad_grads[3] : at::Tensor()};
+    BackwardInputs g;
+    const bool any_wanted = std::any_of(wanted.begin(), wanted.end(), [](bool w) { return w; });
+    const bool any_grad = std::any_of(first_order_grads.begin(), first_order_grads.end(),
+                                      [](const at::Tensor& t) { return t.defined(); });
+    if (any_wanted && any_grad) {
+      const BackwardCall call{saved[0], saved[1], saved[2], saved[3],
+                              has_mask ? std::optional<at::Tensor>(saved[4]) : std::nullopt,
+                              saved[5], saved[6], saved[7], s};
+      // The engine runs a backward in grad mode exactly when create_graph is set.
+      g = attention_backward_derivative(call, first_order_grads, wanted, at::GradMode::is_enabled());
+    }
+    return {g[kGradOutput], g[kQuery], g[kKey],       g[kValue],   g[kAttnMask],
+            at::Tensor(),   at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -92,8 +124,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_autograd(
   return {outputs[0], outputs[1], outputs[2]};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    Optional attn_mask, const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad, int64_t window_left,
+    int64_t window_right, bool bottom_right, Optional alibi_slopes, double softcap, Optional cu_seqlens_q,
+    Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  const CallSettings settings{dropout_p, is_causal, scale, attn_mask_requires_grad,
+                              attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
+                                                cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k)};
+  auto g = AttentionBackwardFunction::apply(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state,
+                                            settings);
+  return {g[0], g[1], g[2], g[3]};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(selfattn, Autograd, m) { m.impl("attention_forward", &attention_forward_autograd); }
+TORCH_LIBRARY_IMPL(selfattn, Autograd, m) {
+  m.impl("attention_forward", &attention_forward_autograd);
+  m.impl("attention_backward", &attention_backward_autograd);
+}
 
 }  // namespace selfattn

@@ -211,6 +211,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_backward_out
           at::empty_symint(value.sym_sizes(), value.options()), grad_mask};
 }
 
+void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout) {
+  const auto* state = rng_state.const_data_ptr<int64_t>();
+  dropout.seed = static_cast<uint64_t>(state[0]);
+  dropout.offset = static_cast<uint64_t>(state[1]);
+}
+
 TensorView tensor_view(const at::Tensor& t) {
   return TensorView{const_cast<void*>(t.data_ptr()), Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
 }

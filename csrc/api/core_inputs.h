@@ -56,6 +56,10 @@ AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, cons
                             const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale,
                             const AttentionOptions& options);
 
+// The dropout seed and offset that attention_forward recorded in rng_state,
+// which must be in host memory.
+void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout);
+
 // A 4-D tensor as the kernels see it.
 TensorView tensor_view(const at::Tensor& t);
 

@@ -27,12 +27,6 @@ void draw_dropout_state(at::Tensor& rng_state) {
   state[1] = static_cast<int64_t>(gen->random64());
 }
 
-void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout) {
-  const auto* state = rng_state.const_data_ptr<int64_t>();
-  dropout.seed = static_cast<uint64_t>(state[0]);
-  dropout.offset = static_cast<uint64_t>(state[1]);
-}
-
 using Optional = const std::optional<at::Tensor>&;
 
 // The checks of the options that read their values, and the options as the
