@@ -11,9 +11,14 @@ Then it runs forward+backward at L = 4k, 16k and 32k, each in a process of its
 own, and prints the peak resident memory each added: ours grows linearly in L,
 like PyTorch's flash kernel, where the math path would hold L×L scores.
 
+With --features it runs instead the features beyond PyTorch's SDPA, each
+against the best PyTorch has for the same job (benchmarks/cpu_feature_cases.py):
+sliding windows, packed variable-length batches and KV-cache decoding.
+
     python benchmarks/bench_cpu.py                # the table and the memory
     python benchmarks/bench_cpu.py --quick        # a smoke run
     python benchmarks/bench_cpu.py --markdown out.md
+    python benchmarks/bench_cpu.py --features --markdown benchmarks/results/cpu_features.md
 """
 import argparse
 import statistics
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
+from cpu_feature_cases import feature_tables
 from torch_selfattn.info import cpu_model
 
 
@@ -197,18 +203,33 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--features", action="store_true",
+                        help="the window, varlen and KV-decoding tables instead of the SDPA table")
+    parser.add_argument("--note", default="", help="a line for the header: what else ran on the machine, say")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16)}
-    header = [
-        "# torch-selfattn vs PyTorch SDPA on CPU",
-        "",
+    machine = [
         f"Machine: {cpu_model()}, {args.threads} threads; torch {torch.__version__}; "
         f"tile products: {torch_selfattn.build_info()['tile_gemm']}.",
         f"Peak (2048² torch.mm, same run): fp32 {peaks[torch.float32]:.1f} GFLOP/s, "
         f"bf16 {peaks[torch.bfloat16]:.1f} GFLOP/s.",
+        *([args.note] if args.note else []),
         "",
+    ]
+    if args.features:
+        header = ["# torch-selfattn's features beyond SDPA vs PyTorch on CPU", "", *machine]
+        print("\n".join(header), flush=True)
+        lines = header + feature_tables(args.repeats, peaks, args.quick)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write("\n".join(lines) + "\n")
+        return 0
+    header = [
+        "# torch-selfattn vs PyTorch SDPA on CPU",
+        "",
+        *machine,
         "| config | PyTorch backend | fwd ours GFLOP/s | fwd PyTorch | fwd ratio | fwd % of mm peak "
         "| fwd+bwd ours | fwd+bwd PyTorch | fwd+bwd ratio |",
         "|---|---|---|---|---|---|---|---|---|",

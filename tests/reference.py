@@ -93,6 +93,14 @@ def assert_within_dtype_rule(name, got, pytorch, expected):
     assert error <= bound, f"{name}: error {error:.3g} against float64, bound {bound:.3g} (2x PyTorch's + rounding floor)"
 
 
+def assert_results_within_dtype_rule(got, pytorch, expected):
+    """The dtype rule for each of [output, grad_query, grad_key, grad_value,
+    grad_attn_mask] that run_attention returned."""
+    names = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
+    for name, a, b, c in zip(names, got, pytorch, expected):
+        assert_within_dtype_rule(name, a, b, c)
+
+
 def check_against_reference(q, k, v, attn_mask=None, **kwargs):
     """Runs torch_selfattn, PyTorch in the inputs' dtype and the float64
     reference on the same inputs and the same random output gradient;
@@ -104,7 +112,5 @@ def check_against_reference(q, k, v, attn_mask=None, **kwargs):
         got = run_attention(ours, q, k, v, attn_mask, grad_out, **kwargs)
     pytorch = run_attention(pytorch_sdpa, q, k, v, attn_mask, grad_out, **kwargs)
     expected = reference(q, k, v, attn_mask, grad_out, **kwargs)
-    names = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
-    for name, a, b, c in zip(names, got, pytorch, expected):
-        assert_within_dtype_rule(name, a, b, c)
+    assert_results_within_dtype_rule(got, pytorch, expected)
     return got
