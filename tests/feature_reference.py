@@ -119,24 +119,3 @@ def check_features(q, k, v, attn_mask=None, *, ours_fn=ours, pytorch_fn=pytorch_
     expected = run_attention(reference_fn, *map(as_float64, (q, k, v, attn_mask, grad_out)), **kwargs64)
     assert_results_within_dtype_rule(got, pytorch, expected)
     return got
-
-
-# Kernel bug (reported to the lead): with top-left alignment and a left
-# window, rows that see no key at all (L > S + left + 1) make visible_keys
-# (csrc/common/score_rules.h) return a range that starts past the last key, so
-# visible_key_tiles ends past S: the forward reads keys and values past S and
-# the backward writes dK/dV past its scratch (heap corruption, an abort at
-# times). The cases that hit it are not run in the test process;
-# tests/test_windows_and_biases.py::test_top_left_window_past_the_keys runs
-# one in a child process, strictly expected to fail until the fix.
-PAST_THE_KEYS = "kernel bug: top-left window with L > S + left + 1 reads and writes past the keys"
-
-
-def reads_past_the_keys(L, S, window, causal_alignment="top_left"):
-    return causal_alignment == "top_left" and window is not None and window[0] >= 0 and L > S + window[0] + 1
-
-
-def xfail_past_the_keys(L, S, window, causal_alignment="top_left"):
-    """Stops a test, as an expected failure, before it hits the bug above."""
-    if reads_past_the_keys(L, S, window, causal_alignment):
-        pytest.xfail(PAST_THE_KEYS)

@@ -98,8 +98,6 @@ def test_core_op_refuses_slopes_that_require_grad_under_autograd():
         ops.attention_forward(q, k, v, None, 0.0, False, 0.5, alibi_slopes=torch.ones(2, requires_grad=True))
 
 
-@pytest.mark.xfail(strict=True, reason="slopes whose batch dims do not broadcast fail in expand, with a message that "
-                                       "does not name alibi_slopes (csrc/api/sdpa.cpp, slopes_as_2d)")
 def test_alibi_slopes_batch_dims_that_do_not_broadcast():
     with pytest.raises(RuntimeError, match=SDPA + r"alibi_slopes"):
         sdpa(alibi_slopes=torch.ones(3, 2))()

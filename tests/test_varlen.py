@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import torch_selfattn
-from feature_reference import check_features, explicit_attention, pytorch_with_explicit_rules, xfail_past_the_keys
+from feature_reference import check_features, explicit_attention, pytorch_with_explicit_rules
 
 ops = torch.ops.selfattn
 varlen = torch_selfattn.varlen_attention
@@ -61,8 +61,6 @@ class Packed:
         return packed
 
     def check(self, **kwargs):
-        for q_len, k_len in zip(self.q_lengths, self.k_lengths):
-            xfail_past_the_keys(q_len, k_len, kwargs.get("window"), kwargs.get("causal_alignment", "top_left"))
         return check_features(self.q, self.k, self.v, ours_fn=self.varlen,
                               pytorch_fn=self.one_by_one(pytorch_with_explicit_rules),
                               reference_fn=self.one_by_one(explicit_attention), **kwargs)
@@ -87,15 +85,8 @@ OPTIONS = {
 }
 
 
-# Kernel bug (reported to the lead): csrc/cpu/sequence_problem.cpp moves the
-# slopes to row seq.batch, which is 0 for every packed sequence, so all of them
-# take sequence 0's slopes.
-SLOPES_OF_SEQUENCE_0 = "kernel bug: packed sequences all take the ALiBi slopes of sequence 0"
-
-
 @pytest.mark.parametrize("lengths", ["self", "cross"])
-@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=SLOPES_OF_SEQUENCE_0))
-                                  if case == "alibi_per_sequence" else case for case in OPTIONS])
+@pytest.mark.parametrize("case", OPTIONS)
 def test_matches_each_sequence_alone(case, lengths):
     options = dict(OPTIONS[case])
     if case == "alibi_per_sequence":
