@@ -48,12 +48,18 @@ class FloatProducts {
   RowOperand<acc_t> q_{nullptr, 0};
 };
 
+// Up to this many query rows per head, the float products serve bfloat16 too.
+constexpr int64_t kFewQueryRows = 16;
+
 // For bfloat16 inputs with an even head dim, on a CPU with matrix units.
 class MatrixUnitProducts {
  public:
+  // Packing a head's keys and values costs about what one tile of query rows
+  // spends on them, so it pays only for more query rows than a decoding step has.
   static bool applies(const AttentionParams& p) {
+    const int64_t rows = p.has_sequences() ? p.max_seqlen_q : p.q_len;
     return p.dtype == ElementType::BFloat16 && p.head_dim > 0 && p.head_dim % 2 == 0 && p.value_dim > 0 &&
-           bf16_matrix_units_available();
+           rows > kFewQueryRows && bf16_matrix_units_available();
   }
 
   explicit MatrixUnitProducts(const AttentionParams& p)

@@ -61,6 +61,15 @@ void load_tile(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_
   for (int64_t r = 0; r < rows; ++r) {
     const scalar_t* row = base + src.stride.offset(b, h, row0 + r, 0);
     acc_t* out = dst + r * ld;
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+      // Widening by bits: the element-wise conversion does not vectorise, and
+      // at one query row (decoding) converting the keys is the whole cost.
+      if (src.stride.col == 1) {
+        widen_bfloat16(reinterpret_cast<const uint16_t*>(row), out, cols);
+        if (factor != acc_t(1)) scale(out, cols, factor);
+        continue;
+      }
+    }
     if (src.stride.col == 1) {
       for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<acc_t>(row[c]) * factor;
     } else {

@@ -124,4 +124,12 @@ SELFATTN_CLONED void round_to_bfloat16(const float* x, uint16_t* y, int64_t n) {
   }
 }
 
+SELFATTN_CLONED void widen_bfloat16(const uint16_t* x, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
+    std::memcpy(&y[i], &bits, sizeof bits);
+  }
+}
+
 }  // namespace selfattn::cpu

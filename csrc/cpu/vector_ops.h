@@ -41,4 +41,7 @@ void add_row_sums(const double* p, const double* dp, int64_t n, double& prob_sum
 // Rounds to bfloat16 (nearest even; NaN stays NaN), as raw 16-bit patterns.
 void round_to_bfloat16(const float* x, uint16_t* y, int64_t n);
 
+// The exact float values of raw bfloat16 patterns.
+void widen_bfloat16(const uint16_t* x, float* y, int64_t n);
+
 }  // namespace selfattn::cpu
