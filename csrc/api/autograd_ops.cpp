@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "api/core_inputs.h"
 #include "api/op_calls.h"
 
 namespace selfattn {
@@ -53,6 +54,10 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_autograd(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale) {
+  // Checked here too: Function::apply reads the inputs' sizes before any
+  // backend kernel could, which a nested tensor answers with an internal
+  // error, and a sparse one would only meet the dispatcher's "no kernel".
+  check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal);
   auto outputs = AttentionFunction::apply(query, key, value, attn_mask, dropout_p, is_causal, scale);
   return {outputs[0], outputs[1], outputs[2]};
 }
