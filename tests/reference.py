@@ -108,3 +108,29 @@ def check_against_reference(q, k, v, attn_mask=None, **kwargs):
     for name, a, b, c in zip(names, got, pytorch, expected):
         assert_within_dtype_rule(name, a, b, c)
     return got
+
+
+def dropout_multipliers(query, key, p, seed, enable_gqa=False):
+    """The dropout multipliers Z (0 where dropped, 1/(1-p) where kept) that a
+    call with inputs of these shapes draws after torch.manual_seed(seed),
+    shaped like the scores (..., Hq, L, S), in float64. The keep decision is a
+    function of the seed and the score's index only, so Z is read back
+    through the op itself: zero queries attend uniformly (1/S) and value =
+    identity makes the output Z/S."""
+    S = key.shape[-2]
+    q = torch.zeros(query.shape, dtype=torch.float64, device=query.device)
+    k = torch.zeros(key.shape, dtype=torch.float64, device=key.device)
+    eye = torch.eye(S, dtype=torch.float64, device=key.device).expand(*key.shape[:-2], S, S)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return ours(q, k, eye, dropout_p=p, enable_gqa=enable_gqa) * S
+
+
+def dropped_attention(z, q, k, v, attn_mask=None, **kwargs):
+    """(softmax(QKᵀ·scale + mask) ∘ Z)·V through PyTorch's own ops, in the
+    inputs' dtype: the reference formula for a run with dropout."""
+    eye = torch.eye(k.shape[-2], dtype=q.dtype, device=q.device).expand(*k.shape[:-2], -1, -1)
+    weights = pytorch_sdpa(q, k, eye, attn_mask=attn_mask, **kwargs)
+    if kwargs.get("enable_gqa"):
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+    return (weights * z.to(q.dtype)) @ v

@@ -2,15 +2,15 @@
 probabilities with the 1/(1-p) scaling, and regenerated (not stored) by the
 backward.
 
-The mask itself is read back through the op: with value = identity the output
-row i is P[i, :] ∘ Z[i, :], so dividing by the probabilities of a run
-without dropout gives the multipliers Z."""
+The mask itself is read back through the op (reference.dropout_multipliers):
+with zero queries and value = identity the output row i is Z[i, :] / S."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import torch_selfattn
-from reference import assert_within_dtype_rule, ours, pytorch_sdpa, run_attention
+from reference import (assert_within_dtype_rule, dropout_multipliers, dropped_attention, ours, pytorch_sdpa,
+                       run_attention)
 
 
 def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0):
@@ -18,16 +18,6 @@ def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0):
     q = torch.randn(B, Hq, L, E, generator=g, dtype=torch.float64).to(dtype)
     k = torch.randn(B, H, S, E, generator=g, dtype=torch.float64).to(dtype)
     return q, k
-
-
-def dropout_multipliers(q, k, p, seed, **kwargs):
-    """Z of the run with torch.manual_seed(seed): (B, Hq, L, S)."""
-    S = k.shape[-2]
-    eye = torch.eye(S, dtype=q.dtype).expand(*k.shape[:-2], S, S)
-    probs = ours(q, k, eye, **kwargs)
-    torch.manual_seed(seed)
-    dropped = ours(q, k, eye, dropout_p=p, **kwargs)
-    return torch.where(probs > 0, dropped / probs, torch.zeros_like(probs))
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -57,15 +47,6 @@ def test_p_zero_and_one():
     assert (ours(q, k, v, dropout_p=1.0) == 0).all()
 
 
-def dropped_attention(z, q, k, v, attn_mask=None, **kwargs):
-    """(softmax(QKᵀ·scale + mask) ∘ Z)·V through PyTorch's own ops."""
-    eye = torch.eye(k.shape[-2], dtype=q.dtype).expand(*k.shape[:-2], -1, -1)
-    weights = pytorch_sdpa(q, k, eye, attn_mask=attn_mask, **kwargs)
-    if kwargs.get("enable_gqa"):
-        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    return (weights * z.to(q.dtype)) @ v
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", ["plain", "causal", "gqa", "float_mask"])
 def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
@@ -80,7 +61,7 @@ def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
     leaves = [None if t is None else t.detach().requires_grad_() for t in (q, k, v, mask)]
     grad_out = torch.randn(2, 4, 48, 24, generator=g, dtype=torch.float64).to(dtype)
     # The pattern is a function of the seed and the element index only.
-    z = dropout_multipliers(q.double(), k.double(), 0.3, seed=7, **kwargs)
+    z = dropout_multipliers(q, k, 0.3, seed=7, enable_gqa=case == "gqa")
 
     def dropped_ours(*args, **kw):
         torch.manual_seed(7)
