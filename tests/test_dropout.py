@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
-from reference import (assert_within_dtype_rule, dropout_multipliers, dropped_attention, ours, pytorch_sdpa,
-                       run_attention)
+from reference import check_dropout_against_reference, dropout_multipliers, ours, pytorch_sdpa
 
 
 def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0):
@@ -59,24 +58,8 @@ def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
     v = torch.randn(*k.shape[:-1], 24, generator=g, dtype=torch.float64).to(dtype)
     mask = torch.randn(48, 64, generator=g, dtype=torch.float64).to(dtype) if case == "float_mask" else None
     leaves = [None if t is None else t.detach().requires_grad_() for t in (q, k, v, mask)]
-    grad_out = torch.randn(2, 4, 48, 24, generator=g, dtype=torch.float64).to(dtype)
     # The pattern is a function of the seed and the element index only.
-    z = dropout_multipliers(q, k, 0.3, seed=7, enable_gqa=case == "gqa")
-
-    def dropped_ours(*args, **kw):
-        torch.manual_seed(7)
-        return ours(*args, dropout_p=0.3, **kw)
-
-    def dropped_reference(*args, **kw):
-        return dropped_attention(z, *args, **kw)
-
-    got = run_attention(dropped_ours, *leaves, grad_out, **kwargs)
-    pytorch = run_attention(dropped_reference, *leaves, grad_out, **kwargs)
-    ref_leaves = [None if t is None else t.detach().double().requires_grad_() for t in leaves]
-    expected = run_attention(dropped_reference, *ref_leaves, grad_out.double(), **kwargs)
-    for name, a, b, c in zip(["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"],
-                             got, pytorch, expected):
-        assert_within_dtype_rule(name, a, b, c)
+    check_dropout_against_reference(*leaves, dropout_p=0.3, seed=7, **kwargs)
 
 
 def test_same_seed_same_output_and_gradients():
