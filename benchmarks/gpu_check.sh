@@ -3,10 +3,15 @@
 # repository root (bash benchmarks/gpu_check.sh). Steps, each logged under
 # $OUT (default ./gpu_check_out) and timed:
 #   build     the extension with its CUDA kernels, in place      build.log
-#   tests     tests/test_cuda*.py, then the rest of the suite    tests.log
-#   sanitize  compute-sanitizer memcheck and racecheck on
-#             benchmarks/sanitize_case.py                        sanitizer.log
-#   bench     benchmarks/bench_gpu.py                            bench.log, gpu_table.md
+#   tests     tests/test_cuda*.py (tensors past 2^31 elements
+#             included), then the rest of the suite (the fuzz
+#             tests run their CUDA half there)                   tests.log
+#   sanitize  compute-sanitizer memcheck, racecheck and initcheck
+#             on benchmarks/sanitize_case.py and $SANITIZE_FUZZ
+#             fuzzer-drawn calls                                 sanitizer.log
+#   bench     benchmarks/bench_gpu.py: speed, and the peak of
+#             torch.cuda.max_memory_allocated against the least
+#             any implementation needs                           bench.log, gpu_table.md
 #   hopper    the Hopper forward, opt-in with TORCH_SELFATTN_HOPPER=1 until it
 #             is verified (needs an sm_90 device): tests/test_cuda_hopper.py,
 #             then tests/test_cuda*.py with the switch on, memcheck and
@@ -19,6 +24,7 @@
 #   BENCH_ARGS     extra flags for bench_gpu.py, e.g. "--quick" or "--dtypes bf16"
 #   TORCH_SELFATTN_CUDA_ARCH_FLAGS   nvcc -gencode flags (default sm_90a only: H100)
 #   TESTS_TIMEOUT  seconds each pytest run may take (default 300)
+#   SANITIZE_FUZZ  fuzzer-drawn calls each sanitizer tool runs (default 30)
 # Stops at the first failing step and prints the tail of its log.
 set -euo pipefail
 
@@ -27,6 +33,7 @@ OUT="${OUT:-./gpu_check_out}"
 mkdir -p "$OUT"
 STEPS="${STEPS:-build tests sanitize bench}"
 TESTS_TIMEOUT="${TESTS_TIMEOUT:-300}"
+SANITIZE_FUZZ="${SANITIZE_FUZZ:-30}"
 export PYTHONUNBUFFERED=1
 # The scripts in benchmarks/ import torch_selfattn from the in-place build.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -75,7 +82,7 @@ step_tests() {
   require_cuda_library "$log"
   # SIGINT first so that pytest prints what it has; KILL if a kernel hangs.
   logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" \
-    python3 -m pytest tests/test_cuda.py tests/test_cuda_runtime.py -q -rs --durations=10
+    python3 -m pytest tests/test_cuda*.py -q -rs --durations=10
   logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" \
     python3 -m pytest tests -q -x --ignore-glob='tests/test_cuda*.py'
   grep -E "^[0-9]+ (passed|failed|skipped)|^=+ .*(passed|failed)" "$log" || true
@@ -96,9 +103,12 @@ sanitize() {  # log
     fail "$log" "compute-sanitizer not found on PATH nor in \${CUDA_HOME:-/usr/local/cuda}/bin"
   # Without PyTorch's caching allocator every tensor is its own allocation,
   # so memcheck sees a read past a tensor's end instead of into a pooled neighbour.
-  for tool in memcheck racecheck; do
+  # initcheck: a kernel that reads memory nothing wrote (an output read
+  # before it is written, padding never filled).
+  for tool in memcheck racecheck initcheck; do
     logged "$log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-      "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 20 python3 benchmarks/sanitize_case.py
+      "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 20 \
+      python3 benchmarks/sanitize_case.py --fuzz "$SANITIZE_FUZZ"
   done
   grep -E "SUMMARY" "$log" || true
 }

@@ -9,15 +9,24 @@ racecheck). Lengths of 100 leave partial tiles at every edge:
 - bf16, E=128, GQA, no dropout: tensor cores, or with TORCH_SELFATTN_HOPPER=1
   on an H100 the Hopper forward (as is the first case).
 
+Then --fuzz N calls drawn by the fuzzer (tests/fuzz_cases.py, the same
+derandomised draws every run): every feature at once, dropout in a third of
+them, forward and backward through our kernels only (no reference runs, so
+that the sanitizer sees little besides our kernels).
+
 Exits 0 when every result is finite; the sanitizer decides the rest.
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize_case.py
+    compute-sanitizer --tool memcheck python benchmarks/sanitize_case.py --fuzz 30
 """
+import argparse
+import os
 import sys
 
 import torch
 
 import torch_selfattn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 
 def leaf(shape, dtype, g):
@@ -40,7 +49,35 @@ def run_case(name, dtype, Hq, H, E, Ev, g, mask_shape=None, **kwargs):
     return finite
 
 
+def run_drawn_cases(n):
+    """n fuzzer-drawn calls, forward and backward; True when all are finite."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from fuzz_cases import cases, fuzz_settings
+
+    finite = []
+
+    @fuzz_settings(ci_examples=n)
+    @given(case=cases(max_scores=16384), dropout_p=st.sampled_from([0.0, 0.0, 0.3]))
+    def one(case, dropout_p):
+        q, k, v, mask = case.tensors("cuda")
+        leaves = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
+        out = torch_selfattn.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                          **case.kwargs())
+        grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+        torch.cuda.synchronize()
+        finite.append(all(bool(torch.isfinite(t).all()) for t in (out, *grads)))
+
+    one()
+    print(f"fuzz: {len(finite)} drawn calls, {sum(finite)} with finite results", flush=True)
+    return all(finite)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fuzz", type=int, default=0, metavar="N", help="also run N fuzzer-drawn calls")
+    args = parser.parse_args()
     if not torch.cuda.is_available() or "CUDA" not in torch_selfattn.build_info()["backends"]:
         sys.exit("sanitize_case: needs a CUDA device and torch_selfattn built with its CUDA kernels")
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -51,6 +88,8 @@ def main():
         run_case("bf16 dropout", torch.bfloat16, Hq=4, H=4, E=128, Ev=128, g=g, dropout_p=0.2),
         run_case("bf16 GQA", torch.bfloat16, Hq=4, H=2, E=128, Ev=128, g=g, enable_gqa=True),
     ]
+    if args.fuzz:
+        results.append(run_drawn_cases(args.fuzz))
     return 0 if all(results) else 1
 
 

@@ -54,9 +54,12 @@ def leaves_of(q, k, v, attn_mask):
 
 def run_attention(fn, q, k, v, attn_mask, grad_out, **kwargs):
     """Output and gradients of fn (an SDPA with PyTorch's signature) at the
-    given leaves, for the given output gradient."""
+    given leaves, for the given output gradient. A leaf that fn left out of
+    its graph gets zeros (PyTorch's math path does that to a mask when the
+    output is empty)."""
     out = fn(q, k, v, attn_mask=attn_mask, **kwargs)
-    return [out, *torch.autograd.grad(out, leaves_of(q, k, v, attn_mask), grad_out)]
+    return [out, *torch.autograd.grad(out, leaves_of(q, k, v, attn_mask), grad_out, allow_unused=True,
+                                      materialize_grads=True)]
 
 
 def as_float64(t):
@@ -66,10 +69,11 @@ def as_float64(t):
     return copy.requires_grad_(t.requires_grad)
 
 
-def reference(q, k, v, attn_mask, grad_out, **kwargs):
-    """PyTorch's math SDPA in float64 on copies of the inputs."""
+def reference(q, k, v, attn_mask, grad_out, fn=pytorch_sdpa, **kwargs):
+    """PyTorch's math SDPA (or fn, on PyTorch's math path) in float64 on
+    copies of the inputs."""
     with sdpa_kernel([SDPBackend.MATH]):
-        return run_attention(pytorch_sdpa, *map(as_float64, (q, k, v, attn_mask, grad_out)), **kwargs)
+        return run_attention(fn, *map(as_float64, (q, k, v, attn_mask, grad_out)), **kwargs)
 
 
 def max_error(result, expected):
@@ -101,16 +105,66 @@ def assert_results_within_dtype_rule(got, pytorch, expected):
         assert_within_dtype_rule(name, a, b, c)
 
 
-def check_against_reference(q, k, v, attn_mask=None, **kwargs):
-    """Runs torch_selfattn, PyTorch in the inputs' dtype and the float64
-    reference on the same inputs and the same random output gradient;
-    asserts the dtype rule for the output and every gradient. Returns ours."""
-    shape = pytorch_sdpa(q.detach(), k.detach(), v.detach(),
-                         attn_mask=None if attn_mask is None else attn_mask.detach(), **kwargs).shape
-    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(q.dtype)
+def check_against_reference(q, k, v, attn_mask=None, ours_fn=ours, pytorch_fn=pytorch_sdpa, **kwargs):
+    """Runs torch_selfattn (ours_fn), PyTorch in the inputs' dtype
+    (pytorch_fn) and the float64 reference (pytorch_fn on float64 copies) on
+    the same inputs and the same random output gradient; asserts the dtype
+    rule for the output and every gradient. Returns ours."""
+    shape = pytorch_fn(q.detach(), k.detach(), v.detach(),
+                       attn_mask=None if attn_mask is None else attn_mask.detach(), **kwargs).shape
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grad_out = grad_out.to(q.device, q.dtype)
     with poisoned_outputs():
-        got = run_attention(ours, q, k, v, attn_mask, grad_out, **kwargs)
-    pytorch = run_attention(pytorch_sdpa, q, k, v, attn_mask, grad_out, **kwargs)
-    expected = reference(q, k, v, attn_mask, grad_out, **kwargs)
+        got = run_attention(ours_fn, q, k, v, attn_mask, grad_out, **kwargs)
+    pytorch = run_attention(pytorch_fn, q, k, v, attn_mask, grad_out, **kwargs)
+    if any(t.isnan().any() for t in pytorch):
+        # PyTorch's default path fails on some inputs that its math path
+        # computes (its CPU flash kernel gives NaN for causal masking with a
+        # negative scale); PyTorch's error is then that of its math path.
+        with sdpa_kernel([SDPBackend.MATH]):
+            pytorch = run_attention(pytorch_fn, q, k, v, attn_mask, grad_out, **kwargs)
+    expected = reference(q, k, v, attn_mask, grad_out, fn=pytorch_fn, **kwargs)
     assert_results_within_dtype_rule(got, pytorch, expected)
     return got
+
+
+def dropout_multipliers(query, key, p, seed, enable_gqa=False):
+    """The dropout multipliers Z (0 where dropped, 1/(1-p) where kept) that a
+    call with inputs of these shapes draws after torch.manual_seed(seed),
+    shaped like the scores (..., Hq, L, S), in float64. The keep decision is a
+    function of the seed and the score's index only, so Z is read back
+    through the op itself: zero queries attend uniformly (1/S) and value =
+    identity makes the output Z/S."""
+    S = key.shape[-2]
+    q = torch.zeros(query.shape, dtype=torch.float64, device=query.device)
+    k = torch.zeros(key.shape, dtype=torch.float64, device=key.device)
+    eye = torch.eye(S, dtype=torch.float64, device=key.device).expand(*key.shape[:-2], S, S)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return ours(q, k, eye, dropout_p=p, enable_gqa=enable_gqa) * S
+
+
+def dropped_attention(z, q, k, v, attn_mask=None, **kwargs):
+    """(softmax(QKᵀ·scale + mask) ∘ Z)·V through PyTorch's own ops, in the
+    inputs' dtype: the reference formula for a run with dropout."""
+    eye = torch.eye(k.shape[-2], dtype=q.dtype, device=q.device).expand(*k.shape[:-2], -1, -1)
+    weights = pytorch_sdpa(q, k, eye, attn_mask=attn_mask, **kwargs)
+    if kwargs.get("enable_gqa"):
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+    return (weights * z.to(q.dtype)) @ v
+
+
+def check_dropout_against_reference(q, k, v, attn_mask=None, *, dropout_p, seed, **kwargs):
+    """check_against_reference for a run with dropout after
+    torch.manual_seed(seed): PyTorch's run and the float64 reference apply
+    the same multipliers, read back with dropout_multipliers."""
+    z = dropout_multipliers(q, k, dropout_p, seed, enable_gqa=kwargs.get("enable_gqa", False))
+
+    def dropped_ours(*args, **kw):
+        torch.manual_seed(seed)
+        return ours(*args, dropout_p=dropout_p, **kw)
+
+    def dropped_pytorch(*args, **kw):
+        return dropped_attention(z, *args, **kw)
+
+    return check_against_reference(q, k, v, attn_mask, ours_fn=dropped_ours, pytorch_fn=dropped_pytorch, **kwargs)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torch_selfattn
-from reference import assert_within_dtype_rule, ours, pytorch_sdpa, run_attention
+from reference import assert_within_dtype_rule, dropped_attention, ours, run_attention
 from test_cuda import DEVICE, RESULT_NAMES, check_on_cuda, cuda_qkv, cuda_randn, requires_cuda_kernels
 
 pytestmark = requires_cuda_kernels
@@ -72,15 +72,6 @@ def test_tensor_core_and_scalar_paths_draw_the_same_mask(dtype):
     half = dropout_multipliers(q, k, 0.3, seed=7) != 0
     double = dropout_multipliers(q.double(), k.double(), 0.3, seed=7) != 0
     assert torch.equal(half, double), f"{(half != double).sum().item()} of {half.numel()} weights differ"
-
-
-def dropped_attention(z, q, k, v, attn_mask=None, **kwargs):
-    """(softmax(QKᵀ·scale + mask) ∘ Z)·V through PyTorch's own ops."""
-    eye = torch.eye(k.shape[-2], dtype=q.dtype, device=q.device).expand(*k.shape[:-2], -1, -1)
-    weights = pytorch_sdpa(q, k, eye, attn_mask=attn_mask, **kwargs)
-    if kwargs.get("enable_gqa"):
-        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    return (weights * z.to(q.dtype)) @ v
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])

@@ -2,15 +2,14 @@
 probabilities with the 1/(1-p) scaling, and regenerated (not stored) by the
 backward.
 
-The mask itself is read back through the op: with value = identity the output
-row i is P[i, :] ∘ Z[i, :], so dividing by the probabilities of a run
-without dropout gives the multipliers Z."""
+The mask itself is read back through the op (reference.dropout_multipliers):
+with zero queries and value = identity the output row i is Z[i, :] / S."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import torch_selfattn
-from reference import assert_within_dtype_rule, ours, pytorch_sdpa, run_attention
+from reference import check_dropout_against_reference, dropout_multipliers, ours, pytorch_sdpa
 
 
 def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0):
@@ -18,16 +17,6 @@ def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0):
     q = torch.randn(B, Hq, L, E, generator=g, dtype=torch.float64).to(dtype)
     k = torch.randn(B, H, S, E, generator=g, dtype=torch.float64).to(dtype)
     return q, k
-
-
-def dropout_multipliers(q, k, p, seed, **kwargs):
-    """Z of the run with torch.manual_seed(seed): (B, Hq, L, S)."""
-    S = k.shape[-2]
-    eye = torch.eye(S, dtype=q.dtype).expand(*k.shape[:-2], S, S)
-    probs = ours(q, k, eye, **kwargs)
-    torch.manual_seed(seed)
-    dropped = ours(q, k, eye, dropout_p=p, **kwargs)
-    return torch.where(probs > 0, dropped / probs, torch.zeros_like(probs))
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -57,15 +46,6 @@ def test_p_zero_and_one():
     assert (ours(q, k, v, dropout_p=1.0) == 0).all()
 
 
-def dropped_attention(z, q, k, v, attn_mask=None, **kwargs):
-    """(softmax(QKᵀ·scale + mask) ∘ Z)·V through PyTorch's own ops."""
-    eye = torch.eye(k.shape[-2], dtype=q.dtype).expand(*k.shape[:-2], -1, -1)
-    weights = pytorch_sdpa(q, k, eye, attn_mask=attn_mask, **kwargs)
-    if kwargs.get("enable_gqa"):
-        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    return (weights * z.to(q.dtype)) @ v
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", ["plain", "causal", "gqa", "float_mask"])
 def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
@@ -78,24 +58,8 @@ def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
     v = torch.randn(*k.shape[:-1], 24, generator=g, dtype=torch.float64).to(dtype)
     mask = torch.randn(48, 64, generator=g, dtype=torch.float64).to(dtype) if case == "float_mask" else None
     leaves = [None if t is None else t.detach().requires_grad_() for t in (q, k, v, mask)]
-    grad_out = torch.randn(2, 4, 48, 24, generator=g, dtype=torch.float64).to(dtype)
     # The pattern is a function of the seed and the element index only.
-    z = dropout_multipliers(q.double(), k.double(), 0.3, seed=7, **kwargs)
-
-    def dropped_ours(*args, **kw):
-        torch.manual_seed(7)
-        return ours(*args, dropout_p=0.3, **kw)
-
-    def dropped_reference(*args, **kw):
-        return dropped_attention(z, *args, **kw)
-
-    got = run_attention(dropped_ours, *leaves, grad_out, **kwargs)
-    pytorch = run_attention(dropped_reference, *leaves, grad_out, **kwargs)
-    ref_leaves = [None if t is None else t.detach().double().requires_grad_() for t in leaves]
-    expected = run_attention(dropped_reference, *ref_leaves, grad_out.double(), **kwargs)
-    for name, a, b, c in zip(["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"],
-                             got, pytorch, expected):
-        assert_within_dtype_rule(name, a, b, c)
+    check_dropout_against_reference(*leaves, dropout_p=0.3, seed=7, **kwargs)
 
 
 def test_same_seed_same_output_and_gradients():

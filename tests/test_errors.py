@@ -63,6 +63,9 @@ CASES = {
               SDPA + r"query must be float16, bfloat16, float32 or float64, got Int", "both"),
     "bool": (lambda: ((torch.ones(2, 3, 4, dtype=torch.bool),) * 3, {}), RuntimeError,
              SDPA + r"query must be float16, bfloat16, float32 or float64, got Bool", "both"),
+    # A floating-point dtype without a kernel: named by our function, not by the core op below it.
+    "float8": (lambda: ((r(2, 3, 4).to(torch.float8_e4m3fn),) * 3, {}), RuntimeError,
+               SDPA + r"query must be float16, bfloat16, float32 or float64, got Float8_e4m3fn", "both"),
     "int_key_only": (lambda: ((r(2, 3, 4), torch.ones(2, 3, 4, dtype=torch.int64), r(2, 3, 4)), {}), RuntimeError,
                      SDPA + r"key must be float16, bfloat16, float32 or float64, got Long", "both"),
     "complex64": (lambda: ((r(2, 3, 4, dtype=torch.complex64),) * 3, {}), NotImplementedError,
@@ -142,6 +145,12 @@ CASES = {
     # dropout
     "dropout_above_one": (lambda: (qkv(), {"dropout_p": 1.5}), RuntimeError,
                           SDPA + r"dropout_p must be a probability in \[0, 1\], got 1.5", "both"),
+    # PyTorch's math path takes p < 0 (and NaN) as no dropout; its default
+    # path and F.dropout raise, and so do we: a negative p is a mistake.
+    "dropout_negative": (lambda: (qkv(), {"dropout_p": -0.1}), RuntimeError,
+                         SDPA + r"dropout_p must be a probability in \[0, 1\], got -0.1", "default"),
+    "dropout_nan": (lambda: (qkv(), {"dropout_p": float("nan")}), RuntimeError,
+                    SDPA + r"dropout_p must be a probability in \[0, 1\], got nan", "default"),
     # devices
     "key_on_meta": (lambda: ((r(1, 2, 3, 4), r(1, 2, 5, 4, device="meta"), r(1, 2, 5, 4)), {}), RuntimeError,
                     SDPA + r"query, key and value must be on the same device, got query on cpu, key on meta and "
@@ -277,6 +286,30 @@ def test_core_forward_checks(case, device):
         ops.attention_forward(*args, 0.25)
 
 
+# Layouts without a kernel, through the autograd kernel (which checks before
+# autograd reads the sizes a nested tensor does not have).
+CORE_LAYOUT_CASES = {
+    "query_nested": (lambda q, k, v: (torch.nested.nested_tensor(list(q)), k, v, None),
+                     FWD + r"query is a nested tensor, which the core ops do not take"),
+    "mask_nested": (lambda q, k, v: (q, k, v, torch.nested.nested_tensor([torch.zeros(4, 5, 7)] * 2)),
+                    FWD + r"attn_mask is a nested tensor, which the core ops do not take"),
+    "key_sparse": (lambda q, k, v: (q, k.to_sparse(), v, None),
+                   FWD + r"key must be a dense \(strided\) tensor, got Sparse"),
+    "mask_sparse": (lambda q, k, v: (q, k, v, torch.zeros(1, 1, 5, 7).to_sparse()),
+                    FWD + r"attn_mask must be a dense \(strided\) tensor"),
+}
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("case", list(CORE_LAYOUT_CASES))
+def test_core_forward_layouts_without_a_kernel(case, requires_grad):
+    transform, pattern = CORE_LAYOUT_CASES[case]
+    q, k, v = (t.requires_grad_(requires_grad) for t in core_inputs())
+    with pytest.raises(RuntimeError, match=pattern) as info:
+        ops.attention_forward(*transform(q, k, v), 0.0, False, 0.25)
+    assert type(info.value) is RuntimeError
+
+
 def test_core_forward_mixed_devices():
     q, k, v = core_inputs()
     with pytest.raises(RuntimeError, match=FWD + r"query, key and value must be on one device, got query on cpu "
@@ -343,6 +376,16 @@ def test_core_backward_checks(case, device):
 def test_core_backward_dropout_outside_unit_interval(dropout_p):
     with pytest.raises(RuntimeError, match=BWD + r"dropout_p must be in \[0, 1\], got " + re.escape(str(dropout_p))):
         ops.attention_backward(*forward_results(), dropout_p, False, 0.25, False)
+
+
+def test_core_backward_rng_state_must_be_contiguous():
+    # The kernels read both elements through the data pointer: an expanded
+    # one-element tensor would have them read past its storage.
+    args = forward_results()
+    args[7] = torch.zeros(1, dtype=torch.int64).expand(2)
+    with pytest.raises(RuntimeError, match=BWD + r"rng_state must be the 2-element int64 tensor that "
+                                             r"attention_forward returns, contiguous"):
+        ops.attention_backward(*args, 0.0, False, 0.25, False)
 
 
 def test_core_backward_good_arguments_pass():

@@ -16,6 +16,7 @@
 #include <array>
 
 #include "api/backward_derivative.h"
+#include "api/core_inputs.h"
 #include "api/op_calls.h"
 #include "api/saved_settings.h"
 
@@ -117,10 +118,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_autograd(
     bool is_causal, double scale, int64_t window_left, int64_t window_right, bool bottom_right, Optional alibi_slopes,
     double softcap, Optional cu_seqlens_q, Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q,
     int64_t max_seqlen_k) {
-  auto outputs = AttentionFunction::apply(
-      query, key, value, attn_mask, dropout_p, is_causal, scale,
-      attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap, cu_seqlens_q, cu_seqlens_k,
-                        seqused_k, max_seqlen_q, max_seqlen_k));
+  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
+                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
+  // Checked here too: Function::apply reads the inputs' sizes before any
+  // backend kernel could, which a nested tensor answers with an internal
+  // error, and a sparse one would only meet the dispatcher's "no kernel".
+  check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal, options);
+  auto outputs = AttentionFunction::apply(query, key, value, attn_mask, dropout_p, is_causal, scale, options);
   return {outputs[0], outputs[1], outputs[2]};
 }
 

@@ -118,6 +118,8 @@ void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor
                        const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
                        const AttentionOptions& options) {
   for (const auto& [name, t] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
+    // Before anything reads a size: a nested tensor has none.
+    TORCH_CHECK(!t->is_nested(), op, ": ", name, " is a nested tensor, which the core ops do not take");
     TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D (batch, heads, length, dim), got ", t->dim(), "-D");
     TORCH_CHECK(t->layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor, got ", t->layout());
     TORCH_CHECK(t->device() == query.device(), op, ": query, key and value must be on one device, got query on ",
@@ -147,6 +149,7 @@ void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor
 
   const at::Tensor& mask = *attn_mask;
   TORCH_CHECK(!is_causal, op, ": attn_mask and is_causal=True cannot be given together");
+  TORCH_CHECK(!mask.is_nested(), op, ": attn_mask is a nested tensor, which the core ops do not take");
   TORCH_CHECK(mask.dim() == 4, op, ": attn_mask must be 4-D, got ", mask.dim(), "-D");
   TORCH_CHECK(mask.layout() == at::kStrided, op, ": attn_mask must be a dense (strided) tensor");
   TORCH_CHECK(mask.device() == query.device(), op, ": attn_mask must be on query's device ", query.device(),
@@ -184,8 +187,9 @@ void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor&
     TORCH_CHECK(t->device() == query.device(), op, ": ", name, " must be on query's device (", query.device(),
                 ") as attention_forward returns it, got ", t->device());
   }
-  TORCH_CHECK(rng_state.sym_numel() == 2 && rng_state.scalar_type() == at::kLong, op,
-              ": rng_state must be the 2-element int64 tensor that attention_forward returns");
+  // The kernels read its two elements through the data pointer.
+  TORCH_CHECK(rng_state.sym_numel() == 2 && rng_state.scalar_type() == at::kLong && rng_state.is_contiguous(), op,
+              ": rng_state must be the 2-element int64 tensor that attention_forward returns, contiguous");
   TORCH_CHECK(!attn_mask_requires_grad || (attn_mask.has_value() && attn_mask->is_floating_point()), op,
               ": attn_mask_requires_grad is set, so attn_mask must be a floating-point tensor");
   TORCH_CHECK(!attn_mask_requires_grad || !options.has_sequences(), op,

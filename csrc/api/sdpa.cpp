@@ -63,8 +63,9 @@ void check_arguments(const at::Tensor& query, const at::Tensor& key, const at::T
                 t->sym_sizes());
     TORCH_CHECK_NOT_IMPLEMENTED(!t->is_complex(), kOp, ": ", name, " is complex (", t->scalar_type(),
                                 "); attention is defined for float16, bfloat16, float32 and float64");
-    TORCH_CHECK(at::isFloatingType(t->scalar_type()), kOp, ": ", name,
-                " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
+    const auto dtype = t->scalar_type();
+    TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble, kOp,
+                ": ", name, " must be float16, bfloat16, float32 or float64, got ", dtype);
   }
   TORCH_CHECK(key.scalar_type() == query.scalar_type() && value.scalar_type() == query.scalar_type(), kOp,
               ": query, key and value must have the same dtype, got query ", query.scalar_type(), ", key ",
@@ -78,7 +79,10 @@ void check_arguments(const at::Tensor& query, const at::Tensor& key, const at::T
   TORCH_CHECK(value.sym_size(-2) == key.sym_size(-2), kOp,
               ": value's dim -2 must equal key's (the key length S), got value ", value.sym_sizes(), " and key ",
               key.sym_sizes());
-  TORCH_CHECK(!(dropout_p > 1.0), kOp, ": dropout_p must be a probability in [0, 1], got ", dropout_p);
+  // As PyTorch's default path (and F.dropout): a negative or NaN p raises.
+  // p = 1 drops everything, as in PyTorch.
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, kOp, ": dropout_p must be a probability in [0, 1], got ",
+              dropout_p);
   if (!attn_mask.has_value()) return;
 
   const at::Tensor& mask = *attn_mask;
@@ -207,13 +211,11 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
       scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(query.sym_size(-1).guard_int(__FILE__, __LINE__)));
   std::optional<at::Tensor> mask4;
   if (attn_mask.has_value()) mask4 = mask_as_4d(*attn_mask, score_batch, out_batch, L, S);
-  // PyTorch applies dropout only for p > 0, and so takes p <= 0 as no dropout.
-  const double p = dropout_p > 0.0 ? dropout_p : 0.0;
   if (options.alibi_slopes.has_value()) options.alibi_slopes = slopes_as_2d(*options.alibi_slopes, outer, q_heads);
 
   auto [out, logsumexp, rng_state] =
-      call_attention_forward(as_4d(query, outer, q_heads), as_4d(k, outer, kv_heads), as_4d(v, outer, kv_heads), mask4, p,
-                   is_causal, softmax_scale, options);
+      call_attention_forward(as_4d(query, outer, q_heads), as_4d(k, outer, kv_heads), as_4d(v, outer, kv_heads), mask4,
+                             dropout_p, is_causal, softmax_scale, options);
   SymShape out_shape = concat(outer, {q_heads, L, value.sym_size(-1)});
   // 2-D and broadcast-free 3-D inputs give outputs of their own rank.
   const int64_t out_rank = std::max({query.dim(), key.dim(), value.dim()});

@@ -180,7 +180,9 @@ void add_mask_elements(const AttentionParams& p, const TileCoord& t, acc_t* scor
     for (int64_t c = 0; c < t.cols; ++c) {
       const mask_t m = row[c * p.mask.stride.col];
       if constexpr (std::is_same_v<mask_t, bool>) {
-        if (!m) s[c] = minus_infinity<acc_t>();
+        // Added, not assigned, as PyTorch adds a boolean mask's −inf: a NaN
+        // score stays NaN and poisons its row.
+        if (!m) s[c] += minus_infinity<acc_t>();
       } else {
         s[c] += static_cast<acc_t>(m);
       }
