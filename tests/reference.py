@@ -128,20 +128,24 @@ def check_against_reference(q, k, v, attn_mask=None, ours_fn=ours, pytorch_fn=py
     return got
 
 
-def dropout_multipliers(query, key, p, seed, enable_gqa=False):
+def dropout_multipliers(query, key, p, seed, **kwargs):
     """The dropout multipliers Z (0 where dropped, 1/(1-p) where kept) that a
-    call with inputs of these shapes draws after torch.manual_seed(seed),
-    shaped like the scores (..., Hq, L, S), in float64. The keep decision is a
-    function of the seed and the score's index only, so Z is read back
-    through the op itself: zero queries attend uniformly (1/S) and value =
-    identity makes the output Z/S."""
+    call with inputs of these shapes and keyword arguments (enable_gqa, a
+    window, ...) draws after torch.manual_seed(seed), shaped like the scores
+    (..., Hq, L, S), in float64. The keep decision is a function of the seed
+    and the score's index only, so Z is read back through the op itself:
+    with zero queries and value = identity the output is the probabilities
+    (1/S each without score rules), and the dropped run's output divided by
+    them is Z wherever a key is visible; hidden keys get 0."""
     S = key.shape[-2]
     q = torch.zeros(query.shape, dtype=torch.float64, device=query.device)
     k = torch.zeros(key.shape, dtype=torch.float64, device=key.device)
     eye = torch.eye(S, dtype=torch.float64, device=key.device).expand(*key.shape[:-2], S, S)
-    torch.manual_seed(seed)
     with torch.no_grad():
-        return ours(q, k, eye, dropout_p=p, enable_gqa=enable_gqa) * S
+        probs = ours(q, k, eye, **kwargs)
+        torch.manual_seed(seed)
+        dropped = ours(q, k, eye, dropout_p=p, **kwargs)
+    return torch.where(probs > 0, dropped / probs, torch.zeros_like(probs))
 
 
 def dropped_attention(z, q, k, v, attn_mask=None, **kwargs):

@@ -12,8 +12,7 @@ import torch
 import torch_selfattn
 
 from feature_reference import check_features, diagonal_distance, explicit_attention, visible_keys
-from reference import ours
-from test_dropout import dropout_multipliers
+from reference import dropout_multipliers, ours
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TESTS = os.path.dirname(os.path.abspath(__file__))
