@@ -1,0 +1,125 @@
+// How the tensor-core kernels turn the raw products q·k of a score tile into
+// scores in the log2 domain (they exponentiate with exp2): every rule of
+// sequence_head.cuh per element, and the tile-level test that lets the
+// tiles wholly inside the visible band skip the visibility tests.
+//
+// The kernels come in two variants. kGeneral = false serves calls without
+// sequences, windows, bottom-right alignment, ALiBi or softcap: there the
+// rules reduce to top-left causal masking and every length is the call's,
+// which the compiler then reads from the parameters or folds away instead
+// of holding in registers, of which at head dim 128 the inner loops have
+// none to spare. kGeneral = true serves every call.
+#pragma once
+
+#include "cuda/device/sequence_head.cuh"
+
+namespace selfattn::cuda::tc {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Whether a call needs the kGeneral kernels.
+inline bool needs_general_rules(const AttentionParams& p) {
+  return p.has_sequences() || p.bottom_right || p.window_left >= 0 || p.window_right >= 0 || has_score_bias(p);
+}
+
+// Query head h of sequence s, as a block of the kGeneral variant sees it.
+template <bool kGeneral>
+__device__ __forceinline__ SequenceHead<float> block_head(const AttentionParams& p, int64_t s, int64_t h) {
+  if constexpr (kGeneral) {
+    return sequence_head<float>(p, sequence(p, s), s, h);
+  } else {
+    SequenceHead<float> head = sequence_head<float>(p, Sequence{s, 0, 0, p.q_len, p.kv_len}, s, h);
+    head.shift = 0;
+    head.alibi = 0.f;
+    return head;
+  }
+}
+
+// Score (i, j)'s dropout index, SequenceHead::score_index. Without sequences
+// it equals ((s·Hq + h)·L + i)·S + j, the form in which the kernels keep no
+// 64-bit base in registers across their loops.
+template <bool kGeneral>
+__device__ __forceinline__ uint64_t dropout_index(const AttentionParams& p, const SequenceHead<float>& at, int64_t i,
+                                                  int64_t j) {
+  if constexpr (kGeneral) {
+    return at.score_index(p, i, j);
+  } else {
+    return p.dropout.index_base + static_cast<uint64_t>(((at.s * p.q_heads + at.h) * p.q_len + i) * p.kv_len + j);
+  }
+}
+
+// Whether some score of query rows [row0, row0 + rows) against keys
+// [col0, col0 + cols) may be hidden, or takes an attention mask: tiles that
+// need neither skip the per-element rules. The band of visible keys only
+// moves right from one row to the next, so the first row bounds its right
+// end and the last row its left end.
+template <bool kGeneral>
+__device__ __forceinline__ bool tile_needs_rules(const AttentionParams& p, const SequenceHead<float>& at,
+                                                 int64_t row0, int rows, int64_t col0, int cols) {
+  if constexpr (kGeneral) {
+    const int64_t kv_len = at.seq.kv_len;
+    return p.mask_kind != MaskKind::None || visible_keys(p, row0 + rows - 1, at.shift, kv_len).first > col0 ||
+           visible_keys(p, row0, at.shift, kv_len).end < col0 + cols;
+  } else {
+    // The same test for top-left causal masking alone, which the compiler
+    // cannot derive: it does not know that the call has no window.
+    return p.mask_kind != MaskKind::None || col0 + cols > p.kv_len || (p.causal && col0 + cols - 1 > row0);
+  }
+}
+
+// Which columns of a score tile, whose keys start at col0, query row i
+// sees. The kGeneral kernels work the row's band out once (visible_keys)
+// and compare each column with it; the plain ones test each element, which
+// for top-left causal masking alone costs less than keeping the band.
+template <bool kGeneral>
+struct TileRow {
+  int first, end;  // kGeneral: the columns [first, end) of the tile that the row sees
+
+  __device__ __forceinline__ bool sees(const AttentionParams& p, int64_t i, int64_t col0, int c) const {
+    if constexpr (kGeneral) {
+      return c >= first && c < end;
+    } else {
+      // key_hidden for top-left causal masking alone.
+      const int64_t j = col0 + c;
+      return i < p.q_len && j < p.kv_len && !(p.causal && j > i);
+    }
+  }
+};
+
+template <bool kGeneral>
+__device__ __forceinline__ TileRow<kGeneral> tile_row(const AttentionParams& p, const SequenceHead<float>& at,
+                                                      int64_t i, int64_t col0, int cols) {
+  TileRow<kGeneral> row{0, 0};
+  if constexpr (kGeneral) {
+    if (i < at.seq.q_len) {  // rows past the sequence see nothing
+      const KeyRange seen = visible_keys(p, i, at.shift, at.seq.kv_len);
+      row.first = static_cast<int>(seen.first - col0 < 0 ? 0 : smaller(seen.first - col0, cols));
+      row.end = static_cast<int>(seen.end - col0 < row.first ? row.first : smaller(seen.end - col0, cols));
+    }
+  }
+  return row;
+}
+
+// Score (i, j) in the log2 domain from its raw product, or −inf where the
+// key is not `visible`. `cap_slope`, when given, receives the softcap's
+// derivative (see visible_score).
+template <bool kGeneral>
+__device__ __forceinline__ float log2_score(const AttentionParams& p, const SequenceHead<float>& at, int64_t i,
+                                            int64_t j, float product, float scale_log2, bool visible,
+                                            float* cap_slope = nullptr) {
+  if (cap_slope != nullptr) *cap_slope = 1.f;
+  if (!visible) return -INFINITY;
+  if constexpr (kGeneral) {
+    if (has_score_bias(p) || p.mask_kind != MaskKind::None) {
+      return visible_score(p, at, i, j, product * static_cast<float>(p.scale), cap_slope) * kLog2e;
+    }
+    return product * scale_log2;
+  } else {
+    float x = product * scale_log2;
+    if (p.mask_kind != MaskKind::None) x += mask_term<float>(p, at.seq.batch, at.h, i, j) * kLog2e;
+    return x;
+  }
+}
+
+}  // namespace selfattn::cuda::tc
