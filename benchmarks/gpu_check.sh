@@ -75,7 +75,8 @@ step_tests() {
   require_cuda_library "$log"
   # SIGINT first so that pytest prints what it has; KILL if a kernel hangs.
   logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" \
-    python3 -m pytest tests/test_cuda.py tests/test_cuda_runtime.py -q -rs --durations=10
+    python3 -m pytest tests/test_cuda.py tests/test_cuda_runtime.py tests/test_cuda_features.py -q -rs \
+      --durations=10
   logged "$log" timeout -s INT -k 20 "$TESTS_TIMEOUT" \
     python3 -m pytest tests -q -x --ignore-glob='tests/test_cuda*.py'
   grep -E "^[0-9]+ (passed|failed|skipped)|^=+ .*(passed|failed)" "$log" || true
