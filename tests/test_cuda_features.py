@@ -164,6 +164,8 @@ RULE_CASES = {
     "window_left_causal": (200, 200, dict(window=(40, 0), is_causal=True)),
     "window_left_only": (130, 300, dict(window=(70, -1))),
     "window_right_only": (130, 90, dict(window=(-1, 5))),
+    # Rows 120 and on see no key: their band lies wholly past the keys.
+    "window_past_the_keys": (300, 100, dict(window=(20, 0))),
     "bottom_right_causal_L<S": (70, 260, dict(is_causal=True, causal_alignment="bottom_right")),
     "bottom_right_causal_L>S": (200, 90, dict(is_causal=True, causal_alignment="bottom_right")),
     "bottom_right_window": (100, 333, dict(window=(50, 10), causal_alignment="bottom_right")),

@@ -71,12 +71,10 @@ __global__ void __launch_bounds__(Shape::kThreads)
   if (col0 >= seq.kv_len) return;
   const int cols = static_cast<int>(smaller(kBlockN, seq.kv_len - col0));
   const int64_t group = p.group_size();
-  // The tiles of query rows that see some key of the block: the rows that
-  // see a key only move down from one key to the next.
-  const int64_t rows_first = rows_seeing(p, col0, group_head.shift, seq.q_len).first;
-  const int64_t rows_end = rows_seeing(p, col0 + cols - 1, group_head.shift, seq.q_len).end;
-  const int64_t m_first = rows_first / kBlockM;
-  const int64_t m_per_head = rows_end > rows_first ? ceil_div(rows_end, kBlockM) - m_first : 0;
+  // The tiles of query rows that see some key of the block.
+  const KeyRange rows = rows_seeing_keys<kGeneral>(p, group_head, col0, cols);
+  const int64_t m_first = rows.first / kBlockM;
+  const int64_t m_per_head = rows.end > rows.first ? ceil_div(rows.end, kBlockM) - m_first : 0;
   const int64_t iterations = group * m_per_head;
   const int E = static_cast<int>(p.head_dim), Ev = static_cast<int>(p.value_dim);
 

@@ -69,14 +69,12 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
   const int64_t row0 = m_block * kBlockM;
   if (row0 >= q_len) return;  // past the sequence's rows: no block of this head's writes them
   const int q_rows = static_cast<int>(smaller(kBlockM, q_len - row0));
-  // The key tiles that some row of the block sees: the band of visible keys
-  // only moves right from one row to the next.
-  const int64_t band_first = visible_keys(p, row0, at.shift, kv_len).first;
-  const int64_t band_end = visible_keys(p, row0 + q_rows - 1, at.shift, kv_len).end;
-  // Without a window the band starts at key 0, which the compiler cannot
-  // know; a loop bound the plain kernels keep in no register.
-  const int n_first = kGeneral ? static_cast<int>(band_first / kBlockN) : 0;
-  const int n_end = band_end > band_first ? static_cast<int>(ceil_div(band_end, kBlockN)) : n_first;
+  // The key tiles that some row of the block sees; rows past the sequence's
+  // end count too (they cost a tile at most, and the plain kernels fewer
+  // registers than with the real count).
+  const KeyRange band = keys_seen_by_rows<kGeneral>(p, at, row0, kBlockM);
+  const int n_first = static_cast<int>(band.first / kBlockN);
+  const int n_end = band.end > band.first ? static_cast<int>(ceil_div(band.end, kBlockN)) : n_first;
 
   const T* q = static_cast<const T*>(p.q.data) + at.seq.batch * p.q.stride.batch + at.h * p.q.stride.head +
                at.q_row(row0) * p.q.stride.row;

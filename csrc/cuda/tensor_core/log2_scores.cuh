@@ -1,14 +1,17 @@
-// How the tensor-core kernels turn the raw products q·k of a score tile into
-// scores in the log2 domain (they exponentiate with exp2): every rule of
-// sequence_head.cuh per element, and the tile-level test that lets the
-// tiles wholly inside the visible band skip the visibility tests.
+// The score rules as the tensor-core kernels apply them: which key tiles a
+// block walks, which tiles need per-element rules at all, and each score in
+// the log2 domain (the kernels exponentiate with exp2), all from the shared
+// rules of sequence_head.cuh and common/score_rules.h.
 //
-// The kernels come in two variants. kGeneral = false serves calls without
-// sequences, windows, bottom-right alignment, ALiBi or softcap: there the
-// rules reduce to top-left causal masking and every length is the call's,
-// which the compiler then reads from the parameters or folds away instead
-// of holding in registers, of which at head dim 128 the inner loops have
-// none to spare. kGeneral = true serves every call.
+// The kernels come in two variants. kGeneral = true serves every call.
+// kGeneral = false serves calls without sequences, windows, bottom-right
+// alignment, ALiBi or softcap, for which the rules reduce to top-left causal
+// masking and every length is the call's. The compiler cannot derive that
+// (it does not know the call has no window), and at head dim 128 the inner
+// loops have no register to spare for what the general rules would keep, so
+// the plain variant states the reduced rule itself, in the four places
+// marked "for top-left causal masking alone". Both variants are tested
+// against the same float64 reference.
 #pragma once
 
 #include "cuda/device/sequence_head.cuh"
@@ -49,6 +52,34 @@ __device__ __forceinline__ uint64_t dropout_index(const AttentionParams& p, cons
   }
 }
 
+// The keys that some query row of [row0, row0 + rows) sees, and the query
+// rows that see some key of [col0, col0 + cols): the tiles a block walks.
+// Bands only move right (and down) from one row (key) to the next, so the
+// ends of the range bound them.
+template <bool kGeneral>
+__device__ __forceinline__ KeyRange keys_seen_by_rows(const AttentionParams& p, const SequenceHead<float>& at,
+                                                      int64_t row0, int64_t rows) {
+  if constexpr (kGeneral) {
+    return KeyRange{visible_keys(p, row0, at.shift, at.seq.kv_len).first,
+                    visible_keys(p, row0 + rows - 1, at.shift, at.seq.kv_len).end};
+  } else {
+    // visible_keys for top-left causal masking alone.
+    return KeyRange{0, p.causal ? smaller(p.kv_len, row0 + rows) : p.kv_len};
+  }
+}
+
+template <bool kGeneral>
+__device__ __forceinline__ KeyRange rows_seeing_keys(const AttentionParams& p, const SequenceHead<float>& at,
+                                                     int64_t col0, int64_t cols) {
+  if constexpr (kGeneral) {
+    return KeyRange{rows_seeing(p, col0, at.shift, at.seq.q_len).first,
+                    rows_seeing(p, col0 + cols - 1, at.shift, at.seq.q_len).end};
+  } else {
+    // rows_seeing for top-left causal masking alone.
+    return KeyRange{p.causal ? smaller(col0, p.q_len) : 0, p.q_len};
+  }
+}
+
 // Whether some score of query rows [row0, row0 + rows) against keys
 // [col0, col0 + cols) may be hidden, or takes an attention mask: tiles that
 // need neither skip the per-element rules. The band of visible keys only
@@ -62,8 +93,7 @@ __device__ __forceinline__ bool tile_needs_rules(const AttentionParams& p, const
     return p.mask_kind != MaskKind::None || visible_keys(p, row0 + rows - 1, at.shift, kv_len).first > col0 ||
            visible_keys(p, row0, at.shift, kv_len).end < col0 + cols;
   } else {
-    // The same test for top-left causal masking alone, which the compiler
-    // cannot derive: it does not know that the call has no window.
+    // The same test for top-left causal masking alone.
     return p.mask_kind != MaskKind::None || col0 + cols > p.kv_len || (p.causal && col0 + cols - 1 > row0);
   }
 }
@@ -71,7 +101,7 @@ __device__ __forceinline__ bool tile_needs_rules(const AttentionParams& p, const
 // Which columns of a score tile, whose keys start at col0, query row i
 // sees. The kGeneral kernels work the row's band out once (visible_keys)
 // and compare each column with it; the plain ones test each element, which
-// for top-left causal masking alone costs less than keeping the band.
+// costs them fewer registers than keeping the band.
 template <bool kGeneral>
 struct TileRow {
   int first, end;  // kGeneral: the columns [first, end) of the tile that the row sees
