@@ -52,16 +52,21 @@ __device__ __forceinline__ uint64_t dropout_index(const AttentionParams& p, cons
   }
 }
 
+// The union of the bands of items [first, first + count), rows or keys,
+// `band` giving each one's: bands only move right (or down) from one item
+// to the next, so the first and the last item bound it.
+template <typename Band>
+__device__ __forceinline__ KeyRange union_of_bands(int64_t first, int64_t count, const Band& band) {
+  return KeyRange{band(first).first, band(first + count - 1).end};
+}
+
 // The keys that some query row of [row0, row0 + rows) sees, and the query
 // rows that see some key of [col0, col0 + cols): the tiles a block walks.
-// Bands only move right (and down) from one row (key) to the next, so the
-// ends of the range bound them.
 template <bool kGeneral>
 __device__ __forceinline__ KeyRange keys_seen_by_rows(const AttentionParams& p, const SequenceHead<float>& at,
                                                       int64_t row0, int64_t rows) {
   if constexpr (kGeneral) {
-    return KeyRange{visible_keys(p, row0, at.shift, at.seq.kv_len).first,
-                    visible_keys(p, row0 + rows - 1, at.shift, at.seq.kv_len).end};
+    return union_of_bands(row0, rows, [&](int64_t i) { return visible_keys(p, i, at.shift, at.seq.kv_len); });
   } else {
     // visible_keys for top-left causal masking alone.
     return KeyRange{0, p.causal ? smaller(p.kv_len, row0 + rows) : p.kv_len};
@@ -72,8 +77,7 @@ template <bool kGeneral>
 __device__ __forceinline__ KeyRange rows_seeing_keys(const AttentionParams& p, const SequenceHead<float>& at,
                                                      int64_t col0, int64_t cols) {
   if constexpr (kGeneral) {
-    return KeyRange{rows_seeing(p, col0, at.shift, at.seq.q_len).first,
-                    rows_seeing(p, col0 + cols - 1, at.shift, at.seq.q_len).end};
+    return union_of_bands(col0, cols, [&](int64_t j) { return rows_seeing(p, j, at.shift, at.seq.q_len); });
   } else {
     // rows_seeing for top-left causal masking alone.
     return KeyRange{p.causal ? smaller(col0, p.q_len) : 0, p.q_len};
