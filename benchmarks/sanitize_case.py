@@ -7,7 +7,12 @@ racecheck). Lengths of 100 leave partial tiles at every edge:
   and the atomic mask-gradient sum over the broadcast batch dim;
 - bf16 with dropout, E=128: tensor cores with the Philox stream;
 - bf16, E=128, GQA, no dropout: tensor cores, or with TORCH_SELFATTN_HOPPER=1
-  on an H100 the Hopper forward (as is the first case).
+  on an H100 the Hopper forward (as is the first case);
+- fp16 packed sequences (one empty, others across the 64-row tiles) with a
+  window, ALiBi, softcap and dropout: the tensor-core kernels of the general
+  rules, which index rows through cu_seqlens;
+- fp16 and fp32 KV caches with an empty and a full sequence: both families
+  with seqused_k.
 
 Then --fuzz N calls drawn by the fuzzer (tests/fuzz_cases.py, the same
 derandomised draws every run): every feature at once, dropout in a third of
@@ -33,6 +38,14 @@ def leaf(shape, dtype, g):
     return torch.randn(shape, generator=g, device="cuda", dtype=torch.float32).to(dtype).requires_grad_()
 
 
+def finite_results(name, out, leaves, g):
+    grads = torch.autograd.grad(out, leaves, torch.randn(out.shape, generator=g, device="cuda").to(out.dtype))
+    torch.cuda.synchronize()
+    finite = all(bool(torch.isfinite(t).all()) for t in (out, *grads))
+    print(f"{name}: output {tuple(out.shape)} {out.dtype}, {len(grads)} gradients, finite: {finite}", flush=True)
+    return finite
+
+
 def run_case(name, dtype, Hq, H, E, Ev, g, mask_shape=None, **kwargs):
     q = leaf((2, Hq, 100, E), dtype, g)
     k = leaf((2, H, 100, E), dtype, g)
@@ -41,12 +54,25 @@ def run_case(name, dtype, Hq, H, E, Ev, g, mask_shape=None, **kwargs):
     if mask_shape is not None:
         kwargs["attn_mask"] = leaf(mask_shape, dtype, g)
         leaves.append(kwargs["attn_mask"])
-    out = torch_selfattn.scaled_dot_product_attention(q, k, v, **kwargs)
-    grads = torch.autograd.grad(out, leaves, torch.randn(out.shape, generator=g, device="cuda").to(dtype))
-    torch.cuda.synchronize()
-    finite = all(bool(torch.isfinite(t).all()) for t in (out, *grads))
-    print(f"{name}: output {tuple(out.shape)} {dtype}, {len(grads)} gradients, finite: {finite}", flush=True)
-    return finite
+    return finite_results(name, torch_selfattn.scaled_dot_product_attention(q, k, v, **kwargs), leaves, g)
+
+
+def run_varlen_case(name, dtype, g):
+    lengths = torch.tensor([37, 0, 100, 64, 65], device="cuda")
+    cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
+    total = int(lengths.sum())
+    leaves = [leaf((total, 4, 64), dtype, g), leaf((total, 2, 64), dtype, g), leaf((total, 2, 32), dtype, g)]
+    slopes = torch.rand(5, 4, generator=g, device="cuda")
+    out = torch_selfattn.varlen_attention(*leaves, cu, cu, 100, 100, dropout_p=0.1, is_causal=True, window=(40, 0),
+                                          alibi_slopes=slopes, softcap=5.0)
+    return finite_results(name, out, leaves, g)
+
+
+def run_cache_case(name, dtype, g):
+    leaves = [leaf((3, 4, 5, 64), dtype, g), leaf((3, 2, 100, 64), dtype, g), leaf((3, 2, 100, 64), dtype, g)]
+    used = torch.tensor([0, 100, 37], dtype=torch.int32, device="cuda")
+    out = torch_selfattn.kv_cache_attention(*leaves, used, window=(50, 0))
+    return finite_results(name, out, leaves, g)
 
 
 def run_drawn_cases(n):
@@ -87,6 +113,9 @@ def main():
         run_case("fp32 float mask with grad", torch.float32, Hq=3, H=3, E=40, Ev=24, g=g, mask_shape=(1, 3, 100, 100)),
         run_case("bf16 dropout", torch.bfloat16, Hq=4, H=4, E=128, Ev=128, g=g, dropout_p=0.2),
         run_case("bf16 GQA", torch.bfloat16, Hq=4, H=2, E=128, Ev=128, g=g, enable_gqa=True),
+        run_varlen_case("fp16 packed sequences, window, ALiBi, softcap, dropout", torch.float16, g),
+        run_cache_case("fp16 KV cache", torch.float16, g),
+        run_cache_case("fp32 KV cache", torch.float32, g),
     ]
     if args.fuzz:
         results.append(run_drawn_cases(args.fuzz))

@@ -1,6 +1,15 @@
 // The CUDA kernels of the core ops: check, allocate, fill the parameter
 // structs, pick the kernel family, launch on the current stream. Nothing here
 // synchronises with the host, so both ops can be captured in a CUDA graph.
+//
+// That is also why the values of cu_seqlens_q, cu_seqlens_k and seqused_k
+// are not checked here, as the CPU op checks them (check_sequence_values):
+// reading them would wait for the device. As with FlashAttention, the
+// caller vouches that the offsets run from 0 to the packed length without
+// decreasing, that no sequence is longer than max_seqlen_q / max_seqlen_k,
+// and that seqused_k[s] does not exceed the keys sequence s has; rows past
+// max_seqlen_q are otherwise left unwritten and out-of-range offsets read
+// out of bounds.
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -99,11 +108,12 @@ void copy_back(const at::Tensor& padded, at::Tensor& result) {
 
 using Optional = const std::optional<at::Tensor>&;
 
-// The CUDA kernels do not yet take the options beyond PyTorch's SDPA.
-void check_cuda_options(const char* op, const AttentionOptions& options) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!options.any(), op,
-                              ": sliding windows, bottom-right alignment, ALiBi, softcap, packed sequences and KV "
-                              "caches run on the CPU kernels only so far; the CUDA kernels take none of them yet");
+// Keys of a cache past what its sequence uses (seqused_k) take no part: the
+// kernels skip them, and their gradients are zeroed here instead.
+void zero_unused_key_gradients(const AttentionOptions& options, at::Tensor& grad_key, at::Tensor& grad_value) {
+  if (!options.seqused_k.has_value()) return;
+  grad_key.zero_();
+  grad_value.zero_();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
@@ -114,8 +124,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
   const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
                                                      cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
   check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal, options);
-  check_cuda_options("attention_forward", options);
   const c10::cuda::CUDAGuard guard(query.device());
+  const AttentionOptions kernel = kernel_options(options, query.scalar_type());
   auto [output, logsumexp, rng_state] = allocate_forward_outputs(query, value);
   const bool dropout = dropout_p > 0.0;
   const bool no_rows = query.size(0) * query.size(1) * query.size(2) == 0;
@@ -135,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
     const at::Tensor q = tensor_core_operand(query), k = tensor_core_operand(key), v = tensor_core_operand(value);
     at::Tensor out = padded_like(output, v.size(3));
     const AttentionParams params =
-        make_params(q, k, v, attn_mask, out, logsumexp, dropout_p, is_causal, scale, options);
+        make_params(q, k, v, attn_mask, out, logsumexp, dropout_p, is_causal, scale, kernel);
     if (cuda::hopper_forward_enabled() && cuda::hopper_forward_supports(params)) {
       cuda::hopper_forward(params, stream);
     } else {
@@ -143,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
     }
     copy_back(out, output);
   } else {
-    cuda::scalar_forward(make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale, options),
+    cuda::scalar_forward(make_params(query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal, scale, kernel),
                          seed, stream);
   }
   return {output, logsumexp, rng_state};
@@ -159,8 +169,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
                                                      cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
                              is_causal, attn_mask_requires_grad, options);
-  check_cuda_options("attention_backward", options);
   const c10::cuda::CUDAGuard guard(query.device());
+  const AttentionOptions kernel = kernel_options(options, query.scalar_type());
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
   const bool mask_grad = attn_mask_requires_grad && attn_mask.has_value();
@@ -189,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
 
   AttentionBackwardParams bp;
   bp.delta = delta.data_ptr();
-  bp.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale, options);
+  bp.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale, kernel);
   bp.grad_out = tensor_view(grad_output);
   // D = rowsum(dO ∘ O) uses the forward's rounded output. Each row of dS
   // then sums to the rounding error of O instead of 0, which a mask gradient
@@ -208,8 +218,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
                dv = padded_like(grad_value, v.size(3));
     auto dq_accum = at::zeros(dq.sizes(), query.options().dtype(at::kFloat));
     buffers.grad_q_accum = dq_accum.data_ptr<float>();
-    bp.fwd = make_params(q, k, v, attn_mask, output, lse, dropout_p, is_causal, scale, options);
+    bp.fwd = make_params(q, k, v, attn_mask, output, lse, dropout_p, is_causal, scale, kernel);
     bp.grad_out = tensor_view(dout);
+    zero_unused_key_gradients(options, dk, dv);
     bp.grad_q = tensor_view(dq);
     bp.grad_k = tensor_view(dk);
     bp.grad_v = tensor_view(dv);
@@ -219,6 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
     copy_back(dk, grad_key);
     copy_back(dv, grad_value);
   } else {
+    zero_unused_key_gradients(options, grad_key, grad_value);
     bp.grad_q = tensor_view(grad_query);
     bp.grad_k = tensor_view(grad_key);
     bp.grad_v = tensor_view(grad_value);

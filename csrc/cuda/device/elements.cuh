@@ -1,7 +1,8 @@
 // Element-level device helpers that both kernel families share: loading and
-// storing any of our dtypes as the accumulator type, the attention mask,
-// causal masking and the dropout decision. They index with 64-bit integers
-// throughout, so tensors past 2^31 elements are safe.
+// storing any of our dtypes as the accumulator type, the attention mask and
+// the dropout decision (the score rules are in sequence_head.cuh). They
+// index with 64-bit integers throughout, so tensors past 2^31 elements are
+// safe.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -43,12 +44,6 @@ __device__ __forceinline__ acc_t minus_infinity() {
   return -static_cast<acc_t>(INFINITY);
 }
 
-// Whether causal masking (top-left aligned, as PyTorch's is_causal) hides
-// key column j from query row i.
-__device__ __forceinline__ bool causally_hidden(const AttentionParams& p, int64_t i, int64_t j) {
-  return p.causal && j > i;
-}
-
 // The attention mask's additive term for score (b, h, i, j): the float
 // mask's value, or 0 / −inf for a boolean mask's true / false.
 template <typename acc_t>
@@ -63,17 +58,6 @@ __device__ __forceinline__ acc_t mask_term(const AttentionParams& p, int64_t b, 
       return to_acc<__nv_bfloat16, acc_t>(static_cast<const __nv_bfloat16*>(p.mask.data)[at]);
   }
   return acc_t(0);
-}
-
-// The score as the softmax sees it: scale·q·k plus the mask, −inf where a
-// mask or causality hides it. `product` is the raw q·k.
-template <typename acc_t>
-__device__ __forceinline__ acc_t masked_score(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j,
-                                              acc_t product) {
-  if (causally_hidden(p, i, j)) return minus_infinity<acc_t>();
-  acc_t s = product * static_cast<acc_t>(p.scale);
-  if (p.mask_kind != MaskKind::None) s += mask_term<acc_t>(p, b, h, i, j);
-  return s;
 }
 
 // Adds a score gradient into the mask gradient (see BackwardBuffers).
@@ -91,8 +75,8 @@ struct Dropout {
   double keep_scale = 1.0;  // 1 / (1 − p)
   bool enabled = false;
 
-  // Score (b, h, i, j) has index ((b·Hq + h)·L + i)·S + j, exactly as on the
-  // CPU, so both backends drop the same elements for the same seed.
+  // `index` is the score's, as SequenceHead::score_index gives it: the CPU's
+  // too, so both backends drop the same elements for the same seed.
   __device__ __forceinline__ bool keeps(uint64_t index) const {
     const Philox4x32 words = dropout_words(seed, offset, index >> 2);
     // Selected, not indexed: a run-time index would put the words in local memory.
@@ -101,10 +85,6 @@ struct Dropout {
     return word >= threshold;
   }
 };
-
-__device__ __forceinline__ uint64_t score_index(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j) {
-  return ((static_cast<uint64_t>(b) * p.q_heads + h) * p.q_len + i) * p.kv_len + j;
-}
 
 // Reads the seed and offset; the forward's first thread records them in
 // rng_state for the backward.

@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cuda/device/elements.cuh"
+#include "cuda/device/sequence_head.cuh"
 
 namespace selfattn::cuda::scalar {
 
@@ -54,9 +54,11 @@ SELFATTN_HOST_DEVICE int64_t column_pieces(int64_t columns) {
 
 inline unsigned grid_size(int64_t items) { return static_cast<unsigned>(items < kMaxBlocks ? items : kMaxBlocks); }
 
-// Work item `item` of a (batch, heads, rows, pieces) space, outermost first.
+// Work item `item` of a (sequences, heads, rows, pieces) space, outermost
+// first. Rows run to the longest sequence's length; a sequence's own rows
+// past its length are no work.
 struct RowPiece {
-  int64_t b, h, row, piece;
+  int64_t s, h, row, piece;
 };
 
 __device__ __forceinline__ RowPiece row_piece(int64_t item, int64_t heads, int64_t rows, int64_t pieces) {
@@ -66,7 +68,7 @@ __device__ __forceinline__ RowPiece row_piece(int64_t item, int64_t heads, int64
   w.row = item % rows;
   item /= rows;
   w.h = item % heads;
-  w.b = item / heads;
+  w.s = item / heads;
   return w;
 }
 
@@ -75,17 +77,6 @@ __device__ __forceinline__ RowPiece row_piece(int64_t item, int64_t heads, int64
 // where the column stride is 1.
 __device__ __forceinline__ int64_t thread_column(int64_t piece, int c) {
   return piece * kPieceColumns + int64_t(c) * kThreads + threadIdx.x;
-}
-
-// Index of query row i of head (b, h) in the (batch, Hq, L) row arrays: the
-// logsumexp and delta.
-__device__ __forceinline__ int64_t row_index(const AttentionParams& p, int64_t b, int64_t h, int64_t i) {
-  return (b * p.q_heads + h) * p.q_len + i;
-}
-
-// Number of key rows that query row i sees at all.
-__device__ __forceinline__ int64_t visible_keys(const AttentionParams& p, int64_t i) {
-  return p.causal && i + 1 < p.kv_len ? i + 1 : p.kv_len;
 }
 
 __device__ __forceinline__ float exponential(float x) { return expf(x); }
@@ -159,23 +150,24 @@ __device__ __forceinline__ void store_columns(const TensorView& t, int64_t b, in
   }
 }
 
-// Score s_ij of query head h, mask and causality included. The forward and
-// the backward both take it from here, so the backward's exp(s − lse) sees
-// the very rounding of the forward's s.
+// Score s_ij of a sequence head, every rule included (see masked_score). The
+// forward and the backward both take it from here, so the backward's
+// exp(s − lse) sees the very rounding of the forward's s.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t score(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j) {
-  const Row<scalar_t, acc_t> q = row_of<scalar_t, acc_t>(p.q, b, h, i);
-  const Row<scalar_t, acc_t> k = row_of<scalar_t, acc_t>(p.k, b, h / p.group_size(), j);
-  return masked_score<acc_t>(p, b, h, i, j, dot(q, k, p.head_dim));
+__device__ __forceinline__ acc_t score(const AttentionParams& p, const SequenceHead<acc_t>& head, int64_t i,
+                                       int64_t j, acc_t* cap_slope = nullptr) {
+  const Row<scalar_t, acc_t> q = row_of<scalar_t, acc_t>(p.q, head.seq.batch, head.h, head.q_row(i));
+  const Row<scalar_t, acc_t> k = row_of<scalar_t, acc_t>(p.k, head.seq.batch, head.h / p.group_size(), head.k_row(j));
+  return masked_score<acc_t>(p, head, i, j, dot(q, k, p.head_dim), cap_slope);
 }
 
-// The dropout multiplier Z_ij: keep_scale where (b, h, i, j) is kept, 0
+// The dropout multiplier Z_ij: keep_scale where score (i, j) is kept, 0
 // where it is dropped, 1 without dropout.
 template <typename acc_t>
-__device__ __forceinline__ acc_t dropout_multiplier(const Dropout& dropout, const AttentionParams& p, int64_t b,
-                                                    int64_t h, int64_t i, int64_t j) {
+__device__ __forceinline__ acc_t dropout_multiplier(const Dropout& dropout, const AttentionParams& p,
+                                                    const SequenceHead<acc_t>& head, int64_t i, int64_t j) {
   if (!dropout.enabled) return acc_t(1);
-  return dropout.keeps(score_index(p, b, h, i, j)) ? static_cast<acc_t>(dropout.keep_scale) : acc_t(0);
+  return dropout.keeps(head.score_index(p, i, j)) ? static_cast<acc_t>(dropout.keep_scale) : acc_t(0);
 }
 
 // What the backward recomputes for score (b, h, i, j), from the forward's
@@ -187,19 +179,22 @@ struct BackwardTerms {
   acc_t prob;          // P_ij = exp(s_ij − lse_i)
   acc_t dropped_prob;  // P_ij·Z_ij, the weight of dO_i in dV_j
   acc_t grad_prob;     // dP_ij = Z_ij·(dO_i·v_j)
+  acc_t cap_slope;     // d s_ij / d(scale·q_i·k_j): the softcap's 1 − tanh², else 1
 };
 
 template <typename scalar_t, typename acc_t>
-__device__ BackwardTerms<acc_t> backward_terms(const AttentionBackwardParams& bp, const Dropout& dropout, int64_t b,
-                                               int64_t h, int64_t i, int64_t j) {
+__device__ BackwardTerms<acc_t> backward_terms(const AttentionBackwardParams& bp, const Dropout& dropout,
+                                               const SequenceHead<acc_t>& head, int64_t i, int64_t j) {
   const AttentionParams& p = bp.fwd;
-  const acc_t lse = static_cast<const acc_t*>(p.logsumexp)[row_index(p, b, h, i)];
-  if (lse == minus_infinity<acc_t>()) return {acc_t(0), acc_t(0), acc_t(0)};  // a fully masked row has P = 0
-  const acc_t prob = exponential(score<scalar_t, acc_t>(p, b, h, i, j) - lse);
-  const acc_t z = dropout_multiplier<acc_t>(dropout, p, b, h, i, j);
-  const Row<scalar_t, acc_t> grad_out = row_of<scalar_t, acc_t>(bp.grad_out, b, h, i);
-  const Row<scalar_t, acc_t> v = row_of<scalar_t, acc_t>(p.v, b, h / p.group_size(), j);
-  return {prob, prob * z, z * dot(grad_out, v, p.value_dim)};
+  const acc_t lse = static_cast<const acc_t*>(p.logsumexp)[row_index(p, head, i)];
+  // A fully masked row has P = 0.
+  if (lse == minus_infinity<acc_t>()) return {acc_t(0), acc_t(0), acc_t(0), acc_t(1)};
+  acc_t cap_slope;
+  const acc_t prob = exponential(score<scalar_t, acc_t>(p, head, i, j, &cap_slope) - lse);
+  const acc_t z = dropout_multiplier<acc_t>(dropout, p, head, i, j);
+  const Row<scalar_t, acc_t> grad_out = row_of<scalar_t, acc_t>(bp.grad_out, head.seq.batch, head.h, head.q_row(i));
+  const Row<scalar_t, acc_t> v = row_of<scalar_t, acc_t>(p.v, head.seq.batch, head.h / p.group_size(), head.k_row(j));
+  return {prob, prob * z, z * dot(grad_out, v, p.value_dim), cap_slope};
 }
 
 }  // namespace selfattn::cuda::scalar

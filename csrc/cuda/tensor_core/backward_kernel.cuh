@@ -1,12 +1,14 @@
 // FlashAttention-2 backward with mma.sync. A block owns kBlockN key rows of
-// one key/value head and keeps their dK and dV in registers; it walks over
-// every tile of kBlockM query rows of every query head that reads this kv
-// head (GQA needs no expanded K/V and no reduction afterwards):
+// one key/value head of one sequence and keeps their dK and dV in
+// registers; it walks over every tile of kBlockM query rows that sees some
+// of those keys, of every query head that reads this kv head (GQA needs no
+// expanded K/V and no reduction afterwards):
 //
 //   load K, V (once), Q[0], dO[0]
 //   for each query tile:                   (Q, dO double-buffered where shared memory allows)
 //     S = Q·Kᵀ, dP = dO·Vᵀ                 mma.sync
 //     P = exp2(S − lse), dS = P ∘ (Z∘dP − D)  in registers; Z the dropout multipliers
+//     (dS into the mask gradient, then times the softcap's derivative)
 //     P∘Z and dS → shared memory
 //     dV += (P∘Z)ᵀ·dO, dK += dSᵀ·Q           transposed reads with ldmatrix.trans
 //     dQ += dS·K                            atomically added into a float32 buffer
@@ -30,7 +32,7 @@ struct BackwardShape {
   static_assert(kKVWarpsM * 16 == kBlockN, "each warp owns one 16-row tile of dK and dV");
 };
 
-template <typename T, int kDim, typename Shape>
+template <typename T, int kDim, typename Shape, bool kGeneral>
 __global__ void __launch_bounds__(Shape::kThreads)
     backward_kernel(const AttentionBackwardParams bp, const DropoutSeed seed, const BackwardBuffers buffers) {
   constexpr int kBlockM = Shape::kBlockM, kBlockN = Shape::kBlockN, kThreads = Shape::kThreads;
@@ -55,15 +57,24 @@ __global__ void __launch_bounds__(Shape::kThreads)
   auto do_tile_of = [&](int stage) { return QTile{do_stages + stage * (QTile::kBytes / int(sizeof(T)))}; };
   const PTile p_tile{carve(PTile::kBytes)}, ds_tile{carve(PTile::kBytes)};
 
-  const int64_t n_blocks = ceil_div(p.kv_len, kBlockN);
-  const int64_t head = blockIdx.x / n_blocks;
-  const int64_t b = head / p.kv_heads, kv_head = head % p.kv_heads;
+  // Blocks take (sequence, kv head, key tile) in that order, key tiles up to
+  // the longest sequence's.
+  const int64_t n_blocks = ceil_div(p.max_seqlen_k, kBlockN);
+  const int64_t head = blockIdx.x / n_blocks;  // s·H + kv head
+  const int64_t sequence_index = head / p.kv_heads, kv_head = head % p.kv_heads;
+  // The sequence's lengths and diagonal, the same for every query head.
+  const SequenceHead<float> group_head = block_head<kGeneral>(p, sequence_index, kv_head * p.group_size());
+  const Sequence seq = group_head.seq;
   const int64_t col0 = (blockIdx.x % n_blocks) * kBlockN;
+  // Past the sequence's keys: no block of this head's writes them (the
+  // caller zeroes the unused keys of a cache).
+  if (col0 >= seq.kv_len) return;
+  const int cols = static_cast<int>(smaller(kBlockN, seq.kv_len - col0));
   const int64_t group = p.group_size();
-  const int64_t m_blocks = ceil_div(p.q_len, kBlockM);
-  // Under causal masking query rows above col0 see none of these keys.
-  const int64_t m_first = p.causal ? col0 / kBlockM : 0;
-  const int64_t m_per_head = m_blocks > m_first ? m_blocks - m_first : 0;
+  // The tiles of query rows that see some key of the block.
+  const KeyRange rows = rows_seeing_keys<kGeneral>(p, group_head, col0, cols);
+  const int64_t m_first = rows.first / kBlockM;
+  const int64_t m_per_head = rows.end > rows.first ? ceil_div(rows.end, kBlockM) - m_first : 0;
   const int64_t iterations = group * m_per_head;
   const int E = static_cast<int>(p.head_dim), Ev = static_cast<int>(p.value_dim);
 
@@ -72,11 +83,11 @@ __global__ void __launch_bounds__(Shape::kThreads)
   const bool mask_grad = buffers.grad_mask_accum.data != nullptr;
 
   {
-    const int cols = static_cast<int>(smaller(kBlockN, p.kv_len - col0));
-    const T* k = static_cast<const T*>(p.k.data) + b * p.k.stride.batch + kv_head * p.k.stride.head;
-    const T* v = static_cast<const T*>(p.v.data) + b * p.v.stride.batch + kv_head * p.v.stride.head;
-    k_tile.template load_async<kThreads>(k + col0 * p.k.stride.row, p.k.stride.row, cols, E);
-    v_tile.template load_async<kThreads>(v + col0 * p.v.stride.row, p.v.stride.row, cols, Ev);
+    const int64_t key_row = seq.k_begin + col0;
+    const T* k = static_cast<const T*>(p.k.data) + seq.batch * p.k.stride.batch + kv_head * p.k.stride.head;
+    const T* v = static_cast<const T*>(p.v.data) + seq.batch * p.v.stride.batch + kv_head * p.v.stride.head;
+    k_tile.template load_async<kThreads>(k + key_row * p.k.stride.row, p.k.stride.row, cols, E);
+    v_tile.template load_async<kThreads>(v + key_row * p.v.stride.row, p.v.stride.row, cols, Ev);
   }
   // Query head and first row of iteration `it`.
   auto query_tile = [&](int64_t it, int64_t& h, int64_t& row0) {
@@ -86,10 +97,12 @@ __global__ void __launch_bounds__(Shape::kThreads)
   auto load_query_side = [&](int64_t it, int stage) {
     int64_t h, row0;
     query_tile(it, h, row0);
-    const int rows = static_cast<int>(smaller(kBlockM, p.q_len - row0));
-    const T* q = static_cast<const T*>(p.q.data) + b * p.q.stride.batch + h * p.q.stride.head + row0 * p.q.stride.row;
-    const T* dout = static_cast<const T*>(bp.grad_out.data) + b * bp.grad_out.stride.batch +
-                    h * bp.grad_out.stride.head + row0 * bp.grad_out.stride.row;
+    const int rows = static_cast<int>(smaller(kBlockM, seq.q_len - row0));
+    const int64_t query_row = seq.q_begin + row0;
+    const T* q = static_cast<const T*>(p.q.data) + seq.batch * p.q.stride.batch + h * p.q.stride.head +
+                 query_row * p.q.stride.row;
+    const T* dout = static_cast<const T*>(bp.grad_out.data) + seq.batch * bp.grad_out.stride.batch +
+                    h * bp.grad_out.stride.head + query_row * bp.grad_out.stride.row;
     q_tile_of(stage).template load_async<kThreads>(q, p.q.stride.row, rows, E);
     do_tile_of(stage).template load_async<kThreads>(dout, bp.grad_out.stride.row, rows, Ev);
   };
@@ -116,6 +129,7 @@ __global__ void __launch_bounds__(Shape::kThreads)
     const QTile q_tile = q_tile_of(stage), do_tile = do_tile_of(stage);
     int64_t h, row0;
     query_tile(it, h, row0);
+    const SequenceHead<float> at = block_head<kGeneral>(p, sequence_index, h);
 
     // S = Q·Kᵀ and dP = dO·Vᵀ for this warp's 16 rows × kSCols columns.
     float s[kSCols / 8][4] = {}, dp[kSCols / 8][4] = {};
@@ -139,40 +153,41 @@ __global__ void __launch_bounds__(Shape::kThreads)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int64_t i = row0 + wm * 16 + g + half * 8;
-      const int64_t row = (b * p.q_heads + h) * p.q_len + i;
-      const float lse = i < p.q_len ? static_cast<const float*>(p.logsumexp)[row] : -INFINITY;
+      const bool row_inside = i < seq.q_len;
+      const int64_t row = row_index(p, at, i);
+      const float lse = row_inside ? static_cast<const float*>(p.logsumexp)[row] : -INFINITY;
       // A fully masked row (lse −inf) has P = 0: shifting by +inf gives exp2(−inf).
       lse_log2[half] = lse == -INFINITY ? INFINITY : lse * kLog2e;
-      delta[half] = i < p.q_len ? static_cast<const float*>(bp.delta)[row] : 0.f;
+      delta[half] = row_inside ? static_cast<const float*>(bp.delta)[row] : 0.f;
     }
 
-    const bool needs_mask = p.mask_kind != MaskKind::None || col0 + kBlockN > p.kv_len ||
-                            (p.causal && col0 + kBlockN - 1 > row0);
+    const bool needs_rules = tile_needs_rules<kGeneral>(p, at, row0, kBlockM, col0, kBlockN);
+    const TileRow<kGeneral> seen[2] = {tile_row<kGeneral>(p, at, row0 + wm * 16 + g, col0, kBlockN),
+                                       tile_row<kGeneral>(p, at, row0 + wm * 16 + g + 8, col0, kBlockN)};
 #pragma unroll
     for (int nb = 0; nb < kSCols / 8; ++nb) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e >> 1;
         const int64_t i = row0 + wm * 16 + g + half * 8;
+        const int c = wn * kSCols + nb * 8 + 2 * t + (e & 1);
         const int64_t j = col0 + wn * kSCols + nb * 8 + 2 * t + (e & 1);
-        const bool inside = i < p.q_len && j < p.kv_len;
-        float x = s[nb][e] * scale_log2;
-        if (needs_mask) {
-          if (!inside || causally_hidden(p, i, j)) {
-            x = -INFINITY;
-          } else if (p.mask_kind != MaskKind::None) {
-            x += mask_term<float>(p, b, h, i, j) * kLog2e;
-          }
-        }
+        const bool inside = i < seq.q_len && j < seq.kv_len;
+        const bool visible = !needs_rules || seen[half].sees(p, i, col0, c);
+        float cap_slope;
+        const float x = log2_score<kGeneral>(p, at, i, j, s[nb][e], scale_log2, visible, &cap_slope);
         const float prob = exp2f(x - lse_log2[half]);
         float z = 1.f;
         if (dropout.enabled && inside) {
-          z = dropout.keeps(score_index(p, b, h, i, j)) ? static_cast<float>(dropout.keep_scale) : 0.f;
+          z = dropout.keeps(dropout_index<kGeneral>(p, at, i, j)) ? static_cast<float>(dropout.keep_scale) : 0.f;
         }
         const float ds = prob * (dp[nb][e] * z - delta[half]);
-        if (mask_grad && inside && !causally_hidden(p, i, j)) add_mask_gradient<float>(buffers, b, h, i, j, ds);
+        // The mask is added after the softcap: its gradient is dS itself.
+        if (mask_grad && inside && visible) {
+          add_mask_gradient<float>(buffers, seq.batch, h, at.q_row(i), at.k_row(j), ds);
+        }
         s[nb][e] = prob * z;
-        dp[nb][e] = ds;
+        dp[nb][e] = ds * cap_slope;
       }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -216,8 +231,8 @@ __global__ void __launch_bounds__(Shape::kThreads)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int64_t i = row0 + wm * 16 + g + half * 8;
-        if (i >= p.q_len) continue;
-        float* accum = buffers.grad_q_accum + ((b * p.q_heads + h) * p.q_len + i) * E;
+        if (i >= seq.q_len) continue;
+        float* accum = buffers.grad_q_accum + row_index(p, at, i) * E;
 #pragma unroll
         for (int db = 0; db < kQCols / 8; ++db) {
           const int col = wn * kQCols + db * 8 + 2 * t;
@@ -240,11 +255,12 @@ __global__ void __launch_bounds__(Shape::kThreads)
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t j = col0 + kvm * 16 + g + half * 8;
-    if (j >= p.kv_len) continue;
-    T* grad_k = static_cast<T*>(bp.grad_k.data) + b * bp.grad_k.stride.batch + kv_head * bp.grad_k.stride.head +
-                j * bp.grad_k.stride.row;
-    T* grad_v = static_cast<T*>(bp.grad_v.data) + b * bp.grad_v.stride.batch + kv_head * bp.grad_v.stride.head +
-                j * bp.grad_v.stride.row;
+    if (j >= seq.kv_len) continue;
+    const int64_t key_row = seq.k_begin + j;
+    T* grad_k = static_cast<T*>(bp.grad_k.data) + seq.batch * bp.grad_k.stride.batch +
+                kv_head * bp.grad_k.stride.head + key_row * bp.grad_k.stride.row;
+    T* grad_v = static_cast<T*>(bp.grad_v.data) + seq.batch * bp.grad_v.stride.batch +
+                kv_head * bp.grad_v.stride.head + key_row * bp.grad_v.stride.row;
 #pragma unroll
     for (int db = 0; db < kKVCols / 8; ++db) {
       const int col = kvn * kKVCols + db * 8 + 2 * t;

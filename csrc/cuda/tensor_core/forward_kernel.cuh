@@ -1,10 +1,11 @@
 // FlashAttention-2 forward with mma.sync. A block owns kBlockM query rows of
-// one head; each of its warps owns kBlockM / kWarps of those rows and keeps
-// their output accumulators, row maxima and row sums in registers while the
-// key/value tiles stream through shared memory:
+// one head of one sequence; each of its warps owns kBlockM / kWarps of those
+// rows and keeps their output accumulators, row maxima and row sums in
+// registers while the key/value tiles stream through shared memory:
 //
 //   load Q, K[last], V[last]
-//   for each key tile n, last first:        (the first one met is the one that needs masking)
+//   for each key tile n that the rows see,  (causality and windows skip the others)
+//       last first:                         (the first one met is the one that needs masking)
 //     start loading K[n−1], V[n−1] into the other stage; wait for stage n
 //     S = Q·K[n]ᵀ                            mma.sync, Q and K from shared memory
 //     S → log2 domain, masks, online softmax  exp2, in registers
@@ -14,18 +15,10 @@
 // previous tile's work to arrive in.
 #pragma once
 
-#include "cuda/device/elements.cuh"
+#include "cuda/tensor_core/log2_scores.cuh"
 #include "cuda/tensor_core/shared_tile.cuh"
 
 namespace selfattn::cuda::tc {
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-// Where a block's rows and columns come from.
-struct HeadSlice {
-  int64_t b, h, kv_head;
-};
 
 template <int kBlockM_, int kBlockN_, int kWarps_>
 struct ForwardShape {
@@ -44,7 +37,7 @@ struct RowState {
   float sum[kMTiles][2];
 };
 
-template <typename T, int kDim, typename Shape>
+template <typename T, int kDim, typename Shape, bool kGeneral>
 __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const AttentionParams p, const DropoutSeed seed) {
   constexpr int kBlockM = Shape::kBlockM, kBlockN = Shape::kBlockN, kThreads = Shape::kThreads;
   constexpr int kMTiles = Shape::kMTiles, kNBlocks = kBlockN / 8, kDBlocks = kDim / 8;
@@ -59,36 +52,48 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
   auto k_tile_of = [&](int stage) { return KVTile{k_stages + stage * (KVTile::kBytes / int(sizeof(T)))}; };
   auto v_tile_of = [&](int stage) { return KVTile{v_stages + stage * (KVTile::kBytes / int(sizeof(T)))}; };
 
-  // Heavy (late) row tiles first under causal masking, so the tail of the
-  // grid is short blocks.
-  const int64_t m_blocks = ceil_div(p.q_len, kBlockM);
-  const int64_t head = blockIdx.x / m_blocks;
+  // Blocks take (sequence, head, row tile) in that order, row tiles up to
+  // the longest sequence's; heavy (late) row tiles first under causal
+  // masking, so the tail of the grid is short blocks.
+  const int64_t m_blocks = ceil_div(p.max_seqlen_q, kBlockM);
+  const int64_t head = blockIdx.x / m_blocks;  // s·Hq + h
   const int64_t m_index = blockIdx.x % m_blocks;
   const int64_t m_block = p.causal ? m_blocks - 1 - m_index : m_index;
-  const HeadSlice at{head / p.q_heads, head % p.q_heads, (head % p.q_heads) / p.group_size()};
-  const int64_t row0 = m_block * kBlockM;
-  const int64_t visible_cols = p.causal ? smaller(p.kv_len, row0 + kBlockM) : p.kv_len;
-  const int n_tiles = static_cast<int>(ceil_div(visible_cols, kBlockN));
+  const int64_t sequence_index = head / p.q_heads;
+  const SequenceHead<float> at = block_head<kGeneral>(p, sequence_index, head % p.q_heads);
+  const int64_t kv_head = at.h / p.group_size();
+  const int64_t q_len = at.seq.q_len, kv_len = at.seq.kv_len;
 
+  // Before any block leaves: block 0 records the seed.
   const Dropout dropout = resolve_dropout(p, seed, blockIdx.x == 0 && threadIdx.x == 0);
+  const int64_t row0 = m_block * kBlockM;
+  if (row0 >= q_len) return;  // past the sequence's rows: no block of this head's writes them
+  const int q_rows = static_cast<int>(smaller(kBlockM, q_len - row0));
+  // The key tiles that some row of the block sees; rows past the sequence's
+  // end count too (they cost a tile at most, and the plain kernels fewer
+  // registers than with the real count).
+  const KeyRange band = keys_seen_by_rows<kGeneral>(p, at, row0, kBlockM);
+  const int n_first = static_cast<int>(band.first / kBlockN);
+  const int n_end = band.end > band.first ? static_cast<int>(ceil_div(band.end, kBlockN)) : n_first;
 
-  const T* q = static_cast<const T*>(p.q.data) + at.b * p.q.stride.batch + at.h * p.q.stride.head +
-               row0 * p.q.stride.row;
-  const T* k = static_cast<const T*>(p.k.data) + at.b * p.k.stride.batch + at.kv_head * p.k.stride.head;
-  const T* v = static_cast<const T*>(p.v.data) + at.b * p.v.stride.batch + at.kv_head * p.v.stride.head;
-  const int q_rows = static_cast<int>(smaller(kBlockM, p.q_len - row0));
+  const T* q = static_cast<const T*>(p.q.data) + at.seq.batch * p.q.stride.batch + at.h * p.q.stride.head +
+               at.q_row(row0) * p.q.stride.row;
+  const T* k = static_cast<const T*>(p.k.data) + at.seq.batch * p.k.stride.batch + kv_head * p.k.stride.head +
+               at.k_row(0) * p.k.stride.row;
+  const T* v = static_cast<const T*>(p.v.data) + at.seq.batch * p.v.stride.batch + kv_head * p.v.stride.head +
+               at.k_row(0) * p.v.stride.row;
   const int E = static_cast<int>(p.head_dim), Ev = static_cast<int>(p.value_dim);
 
   // Key tile n (K and V) into stage `stage`.
   auto load_key_tile = [&](int n, int stage) {
     const int64_t col0 = static_cast<int64_t>(n) * kBlockN;
-    const int cols = static_cast<int>(smaller(kBlockN, p.kv_len - col0));
+    const int cols = static_cast<int>(smaller(kBlockN, kv_len - col0));
     k_tile_of(stage).template load_async<kThreads>(k + col0 * p.k.stride.row, p.k.stride.row, cols, E);
     v_tile_of(stage).template load_async<kThreads>(v + col0 * p.v.stride.row, p.v.stride.row, cols, Ev);
   };
 
   q_tile.template load_async<kThreads>(q, p.q.stride.row, q_rows, E);
-  if (n_tiles > 0) load_key_tile(n_tiles - 1, 0);
+  if (n_end > n_first) load_key_tile(n_end - 1, 0);
   commit_async_copies();
 
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -104,9 +109,9 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
   }
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
 
-  for (int n = n_tiles - 1; n >= 0; --n) {
-    const int stage = (n_tiles - 1 - n) & 1;
-    if (n > 0) {
+  for (int n = n_end - 1; n >= n_first; --n) {
+    const int stage = (n_end - 1 - n) & 1;
+    if (n > n_first) {
       load_key_tile(n - 1, stage ^ 1);
       commit_async_copies();
       wait_async_copies<1>();
@@ -134,27 +139,22 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
       }
     }
 
-    // Scores into the log2 domain; masks only where a tile needs them.
+    // Scores into the log2 domain; the rules only where a tile needs them.
     const int64_t col0 = static_cast<int64_t>(n) * kBlockN;
-    const bool needs_mask = p.mask_kind != MaskKind::None || col0 + kBlockN > p.kv_len ||
-                            (p.causal && col0 + kBlockN - 1 > row0 + warp_row0);
+    const bool needs_rules = tile_needs_rules<kGeneral>(p, at, row0 + warp_row0, kMTiles * 16, col0, kBlockN);
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
+      const int64_t first_row = row0 + warp_row0 + mt * 16 + g;
+      const TileRow<kGeneral> seen[2] = {tile_row<kGeneral>(p, at, first_row, col0, kBlockN),
+                                         tile_row<kGeneral>(p, at, first_row + 8, col0, kBlockN)};
 #pragma unroll
       for (int nb = 0; nb < kNBlocks; ++nb) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          float x = s[mt][nb][e] * scale_log2;
-          if (needs_mask) {
-            const int64_t i = row0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
-            const int64_t j = col0 + nb * 8 + 2 * t + (e & 1);
-            if (i >= p.q_len || j >= p.kv_len || causally_hidden(p, i, j)) {
-              x = -INFINITY;
-            } else if (p.mask_kind != MaskKind::None) {
-              x += mask_term<float>(p, at.b, at.h, i, j) * kLog2e;
-            }
-          }
-          s[mt][nb][e] = x;
+          const int64_t i = first_row + (e >> 1) * 8;
+          const int c = nb * 8 + 2 * t + (e & 1);
+          const bool visible = !needs_rules || seen[e >> 1].sees(p, i, col0, c);
+          s[mt][nb][e] = log2_score<kGeneral>(p, at, i, col0 + c, s[mt][nb][e], scale_log2, visible);
         }
       }
     }
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
           for (int e = 0; e < 4; ++e) {
             const int64_t i = row0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
             const int64_t j = col0 + nb * 8 + 2 * t + (e & 1);
-            if (i < p.q_len && j < p.kv_len && !dropout.keeps(score_index(p, at.b, at.h, i, j))) s[mt][nb][e] = 0.f;
+            if (i < q_len && j < kv_len && !dropout.keeps(dropout_index<kGeneral>(p, at, i, j))) s[mt][nb][e] = 0.f;
           }
         }
       }
@@ -239,8 +239,8 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
 
   // Normalise and write. A fully masked row (max −inf) is written as 0 with
   // logsumexp −inf, as PyTorch's safe softmax gives.
-  T* out = static_cast<T*>(p.out.data) + at.b * p.out.stride.batch + at.h * p.out.stride.head;
-  float* lse = static_cast<float*>(p.logsumexp) + (at.b * p.q_heads + at.h) * p.q_len;
+  T* out = static_cast<T*>(p.out.data) + at.seq.batch * p.out.stride.batch + at.h * p.out.stride.head;
+  float* lse = static_cast<float*>(p.logsumexp);
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -249,8 +249,8 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
       const bool masked_row = rows.max[mt][half] == -INFINITY;
       const float factor = masked_row ? 0.f : static_cast<float>(dropout.keep_scale) / sum;
       const int64_t i = row0 + warp_row0 + mt * 16 + g + half * 8;
-      if (i >= p.q_len) continue;
-      T* out_row = out + i * p.out.stride.row;
+      if (i >= q_len) continue;
+      T* out_row = out + at.q_row(i) * p.out.stride.row;
 #pragma unroll
       for (int db = 0; db < kDBlocks; ++db) {
         const int col = db * 8 + 2 * t;
@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
               pack_pair<T>(acc[mt][db][2 * half] * factor, acc[mt][db][2 * half + 1] * factor);
         }
       }
-      if (t == 0) lse[i] = masked_row ? -INFINITY : (rows.max[mt][half] + log2f(sum)) * kLn2;
+      if (t == 0) lse[row_index(p, at, i)] = masked_row ? -INFINITY : (rows.max[mt][half] + log2f(sum)) * kLn2;
     }
   }
 }

@@ -48,9 +48,11 @@ template <typename T, int kDim>
 void launch_forward(const AttentionParams& p, const DropoutSeed& seed, cudaStream_t stream) {
   using Shape = ForwardShapeFor<kDim>;
   constexpr int bytes = forward_shared_bytes<T, kDim>();
-  const auto kernel = forward_kernel<T, kDim, Shape>;
+  const auto kernel =
+      needs_general_rules(p) ? forward_kernel<T, kDim, Shape, true> : forward_kernel<T, kDim, Shape, false>;
   allow_shared_bytes(kernel, bytes);
-  const int64_t blocks = ceil_div(p.q_len, Shape::kBlockM) * p.batch * p.q_heads;
+  const int64_t blocks = ceil_div(p.max_seqlen_q, Shape::kBlockM) * p.sequences * p.q_heads;
+  if (blocks == 0) return;
   kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, bytes, stream>>>(p, seed);
   check_launch("tensor-core forward");
 }
@@ -60,9 +62,11 @@ void launch_backward(const AttentionBackwardParams& bp, const DropoutSeed& seed,
                      cudaStream_t stream) {
   using Shape = BackwardShapeFor<kDim>;
   constexpr int bytes = backward_shared_bytes<T, kDim>();
-  const auto kernel = backward_kernel<T, kDim, Shape>;
+  const auto kernel = needs_general_rules(bp.fwd) ? backward_kernel<T, kDim, Shape, true>
+                                                  : backward_kernel<T, kDim, Shape, false>;
   allow_shared_bytes(kernel, bytes);
-  const int64_t blocks = ceil_div(bp.fwd.kv_len, Shape::kBlockN) * bp.fwd.batch * bp.fwd.kv_heads;
+  const int64_t blocks = ceil_div(bp.fwd.max_seqlen_k, Shape::kBlockN) * bp.fwd.sequences * bp.fwd.kv_heads;
+  if (blocks == 0) return;
   kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, bytes, stream>>>(bp, seed, buffers);
   check_launch("tensor-core backward");
 }
