@@ -40,6 +40,13 @@ DEVICES = [
 # empty: its gradient counts as zeros (reference.run_attention).
 @example(case=Case(dtype="float32", batch=(0, 0), kv_batch=(1, 1), heads=1, groups=2, enable_gqa=True, L=0, S=0, E=1,
                    Ev=1, layouts=("contiguous",) * 3, mask=Mask("float32", (1, 1, 1, 1, 1), (), requires_grad=True)))
+# A mask gradient with more than one key tile: the query pass (one task)
+# called MKL outside a parallel region and the key pass inside one, and their
+# scores rounded differently, so dK and dV of the first tile were 8x PyTorch's
+# error. Fixed: tile products run MKL on one thread (tile_gemm.cpp).
+@example(case=Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=1, enable_gqa=False, L=25, S=513, E=32,
+                   Ev=1, layouts=("contiguous",) * 3, mask=Mask("float32", (1, 1, 1), (), requires_grad=True),
+                   scale=2.5))
 def test_output_and_gradients_match_the_float64_reference(device, case):
     q, k, v, mask = case.tensors(device)
     check = check_on_cuda if device == "cuda" else check_against_reference
@@ -50,6 +57,13 @@ def test_output_and_gradients_match_the_float64_reference(device, case):
 @fuzz_settings(ci_examples=80)
 # Fewer scores: the reference reads the multipliers back through an S×S value.
 @given(case=cases(max_scores=16384), dropout_p=st.sampled_from([0.1, 0.5, 0.9]))
+# Known deviation: the gradient of a scalar float32 bias (exactly 0) sums
+# dS = P ∘ (Z ∘ dP − D) with D rounded to float32; with p = 0.9 (Z = 10) that
+# rounding shows above the floor: 6.7e-6 against a bound of 3.9e-6.
+@example(case=Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=1, enable_gqa=False, L=27, S=511, E=32,
+                   Ev=32, layouts=("contiguous",) * 3, mask=Mask("float32", (1, 1), (), requires_grad=True), scale=1.0,
+                   head_dim_present=False),
+         dropout_p=0.9).xfail(raises=AssertionError, reason="scalar bias gradient with dropout: D rounded to float32")
 def test_dropout_matches_the_float64_reference_with_the_same_multipliers(device, case, dropout_p):
     q, k, v, mask = case.tensors(device)
     # On CUDA, PyTorch's yardstick leaves out cuDNN (see test_cuda.py).
