@@ -18,6 +18,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch.nn.attention import sdpa_kernel
 
+import torch_selfattn
 from fuzz_cases import Case, Mask, cases, fuzz_settings
 from reference import check_against_reference, check_dropout_against_reference
 from test_cuda import YARDSTICK_BACKENDS, check_on_cuda, cuda_kernels_missing
@@ -57,13 +58,6 @@ def test_output_and_gradients_match_the_float64_reference(device, case):
 @fuzz_settings(ci_examples=80)
 # Fewer scores: the reference reads the multipliers back through an S×S value.
 @given(case=cases(max_scores=16384), dropout_p=st.sampled_from([0.1, 0.5, 0.9]))
-# Known deviation: the gradient of a scalar float32 bias (exactly 0) sums
-# dS = P ∘ (Z ∘ dP − D) with D rounded to float32; with p = 0.9 (Z = 10) that
-# rounding shows above the floor: 6.7e-6 against a bound of 3.9e-6.
-@example(case=Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=1, enable_gqa=False, L=27, S=511, E=32,
-                   Ev=32, layouts=("contiguous",) * 3, mask=Mask("float32", (1, 1), (), requires_grad=True), scale=1.0,
-                   head_dim_present=False),
-         dropout_p=0.9).xfail(raises=AssertionError, reason="scalar bias gradient with dropout: D rounded to float32")
 def test_dropout_matches_the_float64_reference_with_the_same_multipliers(device, case, dropout_p):
     q, k, v, mask = case.tensors(device)
     # On CUDA, PyTorch's yardstick leaves out cuDNN (see test_cuda.py).
@@ -80,3 +74,38 @@ def test_broadcast_key_value_gradients_round_once():
                 Ev=2, layouts=("contiguous",) * 3)
     q, k, v, mask = case.tensors()
     check_against_reference(q, k, v, attn_mask=mask, **case.kwargs())
+
+
+SCALAR_BIAS = Mask("float32", (1, 1, 1), (), requires_grad=True)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="known deviation: the gradient of a float32 bias broadcast over every dim is exactly 0, a "
+                   "sum of dS = P ∘ (Z ∘ dP − D) over every score; D rounded to float32 leaves up to 1.7x the "
+                   "rounding floor")
+@pytest.mark.parametrize("case,dropout_p", [
+    (Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=2, enable_gqa=True, L=117, S=512, E=1, Ev=128,
+          layouts=("contiguous", "strided", "contiguous"), mask=SCALAR_BIAS, seed=675290), 0.0),
+    (Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=1, enable_gqa=False, L=27, S=511, E=32, Ev=32,
+          layouts=("contiguous",) * 3, mask=Mask("float32", (1, 1), (), requires_grad=True), scale=1.0,
+          head_dim_present=False), 0.9),
+], ids=["no_dropout", "dropout_0.9"])
+def test_scalar_bias_gradient_rounds_within_the_floor(case, dropout_p):
+    # Found by the fuzzer's soak: 4.9e-6 and 6.7e-6 against a bound of 3.9e-6.
+    q, k, v, mask = case.tensors()
+    if dropout_p:
+        check_dropout_against_reference(q, k, v, mask, dropout_p=dropout_p, seed=case.seed, **case.kwargs())
+    else:
+        check_against_reference(q, k, v, attn_mask=mask, **case.kwargs())
+
+
+@pytest.mark.xfail(torch_selfattn.build_info()["tile_gemm"] == "blas", strict=True, raises=AssertionError,
+                   reason="known deviation at the rule's edge: float32 scores near 80 with dropout 0.9; P recomputed "
+                   "as exp(S - lse) carries the rounding of both, and with MKL's products dV is 1.08x the bound "
+                   "(with the portable products it passes)")
+def test_float32_scores_near_80_with_dropout():
+    # Found by the fuzzer's soak (2.59e-5 against a bound of 2.4e-5).
+    case = Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=3, enable_gqa=True, L=3, S=15, E=128, Ev=1,
+                layouts=("transposed", "contiguous", "contiguous"), is_causal=True, scale=2.5, seed=21336721)
+    q, k, v, mask = case.tensors()
+    check_dropout_against_reference(q, k, v, mask, dropout_p=0.9, seed=case.seed, **case.kwargs())
