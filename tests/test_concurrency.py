@@ -10,16 +10,12 @@ asks for (csrc/cpu/bf16_matrix_units.cpp, tile_gemm.cpp,
 attention_backward.cpp). The dropout seed comes from PyTorch's generator,
 under its lock.)"""
 import contextlib
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
 import torch
 
-from reference import check_against_reference, check_dropout_against_reference, dropout_multipliers, ours
+from reference import check_against_reference, check_dropout_against_reference, dropout_multipliers, ours, run_attention
 
 THREADS = 8
 ROUNDS = 3
@@ -107,47 +103,41 @@ def intra_op_threads(n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
-def test_dropout_seed_drops_the_same_weights_at_any_thread_count(dtype):
+def test_dropout_seed_gives_bitwise_the_same_result_at_any_thread_count(dtype):
+    # The same weights dropped, and the same bits: the tile products run MKL
+    # on one thread whatever the intra-op thread count (tile_gemm.cpp).
     q, k, v, mask, kwargs = call((dtype, True, False, "float", 300, 700))
-    kept = {}
+    kept, runs = {}, {}
     for n in THREAD_COUNTS:
         with intra_op_threads(n):
             kept[n] = dropout_multipliers(q, k, 0.3, seed=5, enable_gqa=True) != 0
-            check_dropout_against_reference(q, k, v, mask, dropout_p=0.3, seed=5, **kwargs)
+            torch.manual_seed(5)
+            out = ours(q, k, v, attn_mask=mask, dropout_p=0.3, **kwargs)
+            runs[n] = [out, *torch.autograd.grad(out.square().sum(), (q, k, v, mask))]
     for n in THREAD_COUNTS:
         assert torch.equal(kept[n], kept[1]), f"{n} threads drop other weights than 1 thread"
+        for name, a, b in zip(["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"], runs[n], runs[1]):
+            assert torch.equal(a, b), f"{name} with {n} threads differs from 1 thread"
+    assert not torch.equal(runs[1][0], ours(q, k, v, attn_mask=mask, **kwargs)), "no weight was dropped"
+    check_dropout_against_reference(q, k, v, mask, dropout_p=0.3, seed=5, **kwargs)
 
 
-# Bitwise equality across thread counts holds for our kernels; MKL's sgemm
-# and dgemm, which the float tile products call by default, round
-# differently with one intra-op thread (called outside a parallel region)
-# than with several. With our portable products every result is the same.
-CHILD = textwrap.dedent(
-    """
-    import torch, torch_selfattn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["fp32", "fp64", "bf16"])
+@pytest.mark.parametrize("S", [513, 1100])
+def test_mask_gradient_passes_get_the_same_bits_as_the_head_pass(dtype, S):
+    """A zero bias that requires grad changes nothing but the path: its
+    backward runs a query pass with one task (outside a parallel region) and
+    a key pass with several, and both must recompute the scores to the same
+    bits as the head pass does. They did not while MKL split products over
+    its threads outside parallel regions: dK and dV of the first key tile
+    were off by up to 8x PyTorch's error."""
     g = torch.Generator().manual_seed(0)
-    results = {}
-    for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        q = torch.randn(2, 4, 300, 32, generator=g).to(dtype).requires_grad_()
-        k = torch.randn(2, 1, 700, 32, generator=g).to(dtype).requires_grad_()
-        v = torch.randn(2, 1, 700, 16, generator=g).to(dtype).requires_grad_()
-        mask = torch.randn(1, 4, 300, 700, generator=g).to(dtype).requires_grad_()
-        runs = []
-        for n in %(threads)s:
-            torch.set_num_threads(n)
-            torch.manual_seed(5)
-            out = torch_selfattn.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.3, enable_gqa=True)
-            runs.append([out, *torch.autograd.grad(out.square().sum(), (q, k, v, mask))])
-        same = all(torch.equal(a, b) for run in runs for a, b in zip(run, runs[0]))
-        print(dtype, "bitwise equal" if same else "DIFFERENT")
-    """
-) % {"threads": THREAD_COUNTS}
-
-
-def test_dropout_seed_gives_bitwise_the_same_result_at_any_thread_count_with_portable_products():
-    env = {**os.environ, "TORCH_SELFATTN_PORTABLE_GEMM": "1"}
-    result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = result.stdout.splitlines()
-    assert lines == [f"{dtype} bitwise equal" for dtype in (torch.float32, torch.bfloat16, torch.float64)], (
-        result.stdout)
+    q, k = torch.randn(1, 2, 25, 32, generator=g).to(dtype), torch.randn(1, 2, S, 32, generator=g).to(dtype)
+    v, grad_out = torch.randn(1, 2, S, 8, generator=g).to(dtype), torch.randn(1, 2, 25, 8, generator=g).to(dtype)
+    results = []
+    for mask_grad in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        mask = torch.zeros(1, 1, 1, dtype=dtype, requires_grad=mask_grad)
+        results.append(run_attention(ours, *leaves, mask, grad_out, scale=2.5))
+    for name, a, b in zip(["output", "grad_query", "grad_key", "grad_value"], *results):
+        assert torch.equal(a, b), name

@@ -12,6 +12,10 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
+// MKL's thread-local thread count, its C entry point (the lower-case names
+// PyTorch exports are the Fortran one, which takes a pointer). Returns the
+// previous count; 0 stands for the global one.
+int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 }
 
 namespace selfattn::cpu {
@@ -35,11 +39,32 @@ void blas_gemm(const char* ta, const char* tb, int m, int n, int k, double alpha
   dgemm_(ta, tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
+// Runs MKL on the calling thread alone while it lives. MKL picks its code
+// path, and with it the rounding, by context: outside an OpenMP region (where
+// at::parallel_for runs a single chunk, or every chunk with one intra-op
+// thread) it may split a product over its threads, inside one it runs alone.
+// The backward recomputes the forward's scores and relies on getting the
+// same bits in every pass (a mask gradient's query and key passes run with
+// different task counts), and results must not depend on the thread count.
+class OneBlasThread {
+ public:
+  OneBlasThread() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~OneBlasThread() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+  OneBlasThread(const OneBlasThread&) = delete;
+  OneBlasThread& operator=(const OneBlasThread&) = delete;
+
+ private:
+  int previous_;
+};
+
 // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so every call
 // below swaps the operands and passes the row-major tiles as they lie.
 template <typename T>
 void column_major_gemm(const char* trans_b, const char* trans_a, int64_t m, int64_t n, int64_t k, const T* a,
                        int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta) {
+  const OneBlasThread one_thread;
   blas_gemm(trans_b, trans_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), alpha, b,
             static_cast<int>(ldb), a, static_cast<int>(lda), beta, c, static_cast<int>(ldc));
 }
