@@ -18,11 +18,6 @@ struct AttentionOptions {
   int64_t max_seqlen_q = -1, max_seqlen_k = -1;
 
   bool has_sequences() const { return cu_seqlens_q.has_value() || seqused_k.has_value(); }
-  // Whether anything beyond PyTorch's SDPA is asked for.
-  bool any() const {
-    return window_left >= 0 || window_right >= 0 || bottom_right || alibi_slopes.has_value() || softcap > 0.0 ||
-           has_sequences();
-  }
 };
 
 // The options as the op kernels receive them, argument by argument.

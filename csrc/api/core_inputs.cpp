@@ -221,6 +221,12 @@ void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout) {
   dropout.offset = static_cast<uint64_t>(state[1]);
 }
 
+void zero_unused_key_gradients(const AttentionOptions& options, at::Tensor& grad_key, at::Tensor& grad_value) {
+  if (!options.seqused_k.has_value()) return;
+  grad_key.zero_();
+  grad_value.zero_();
+}
+
 TensorView tensor_view(const at::Tensor& t) {
   return TensorView{const_cast<void*>(t.data_ptr()), Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
 }

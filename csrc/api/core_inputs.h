@@ -60,6 +60,10 @@ AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, cons
 // which must be in host memory.
 void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout);
 
+// Keys of a cache past what its sequence uses (seqused_k) take no part: the
+// kernels skip them, and their gradients are zeroed here instead.
+void zero_unused_key_gradients(const AttentionOptions& options, at::Tensor& grad_key, at::Tensor& grad_value);
+
 // A 4-D tensor as the kernels see it.
 TensorView tensor_view(const at::Tensor& t);
 

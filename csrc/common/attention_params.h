@@ -95,6 +95,8 @@ struct AttentionParams {
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
   const int32_t* seqused_k = nullptr;
+  // Set for every call: without cu_seqlens, sequences = batch and the bounds
+  // are q_len and kv_len.
   int64_t sequences = 0;
   int64_t max_seqlen_q = 0, max_seqlen_k = 0;  // bounds of the sequence lengths
 

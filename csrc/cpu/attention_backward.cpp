@@ -392,12 +392,10 @@ void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head
 template <typename scalar_t, typename acc_t>
 void head_pass(const AttentionBackwardParams& bp) {
   const AttentionParams& p = bp.fwd;
-  const int64_t kv_len = p.has_sequences() ? p.max_seqlen_k : p.kv_len;
-  const bool keeps_all = keeps_all_tiles<acc_t>(p, kv_len);
-  const int64_t sequences = p.has_sequences() ? p.sequences : p.batch;
-  at::parallel_for(0, sequences * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  const bool keeps_all = keeps_all_tiles<acc_t>(p, p.max_seqlen_k);
+  at::parallel_for(0, p.sequences * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);
-    HeadScratch<acc_t> hs(p, kv_len, keeps_all, ws);
+    HeadScratch<acc_t> hs(p, p.max_seqlen_k, keeps_all, ws);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / p.kv_heads, kv_head = task % p.kv_heads;
       if (p.has_sequences()) {

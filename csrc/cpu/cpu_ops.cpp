@@ -71,11 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cp
   const AttentionOptions kernel = checked_kernel_options("attention_backward", query, key, options);
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
-  // Keys a cache holds past what a sequence uses take no part.
-  if (options.seqused_k.has_value()) {
-    grad_key.zero_();
-    grad_value.zero_();
-  }
+  zero_unused_key_gradients(options, grad_key, grad_value);
   const at::Tensor lse = logsumexp.contiguous();  // the kernels index it as (batch, Hq, L) rows
   auto delta = at::empty(lse.sizes(), lse.options());
   auto row_scale = at::empty(lse.sizes(), lse.options());

@@ -57,9 +57,8 @@ class MatrixUnitProducts {
   // Packing a head's keys and values costs about what one tile of query rows
   // spends on them, so it pays only for more query rows than a decoding step has.
   static bool applies(const AttentionParams& p) {
-    const int64_t rows = p.has_sequences() ? p.max_seqlen_q : p.q_len;
     return p.dtype == ElementType::BFloat16 && p.head_dim > 0 && p.head_dim % 2 == 0 && p.value_dim > 0 &&
-           rows > kFewQueryRows && bf16_matrix_units_available();
+           p.max_seqlen_q > kFewQueryRows && bf16_matrix_units_available();
   }
 
   explicit MatrixUnitProducts(const AttentionParams& p)

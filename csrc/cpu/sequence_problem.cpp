@@ -13,10 +13,14 @@ TensorView at_row(TensorView view, ElementType type, int64_t b, int64_t row, int
   return view;
 }
 
+// Bytes of the accumulator type, that of the per-row arrays and the slopes.
+int64_t accumulator_bytes(const AttentionParams& p) {
+  return element_size(p.dtype == ElementType::Float64 ? ElementType::Float64 : ElementType::Float32);
+}
+
 // A per-row array (logsumexp, delta, row_scale) moved to row `row` of batch b.
 void* at_row(void* rows, const AttentionParams& p, int64_t b, int64_t row) {
-  const ElementType acc = p.dtype == ElementType::Float64 ? ElementType::Float64 : ElementType::Float32;
-  return rows == nullptr ? nullptr : static_cast<char*>(rows) + p.row_index(b, 0, row) * element_size(acc);
+  return rows == nullptr ? nullptr : static_cast<char*>(rows) + p.row_index(b, 0, row) * accumulator_bytes(p);
 }
 
 }  // namespace
@@ -34,14 +38,14 @@ AttentionParams sequence_problem(const AttentionParams& p, int64_t s) {
   sub.mask = at_row(p.mask, p.mask_dtype, seq.batch, seq.q_begin, seq.k_begin);
   sub.logsumexp = at_row(p.logsumexp, p, seq.batch, seq.q_begin);
   if (p.alibi_slopes != nullptr) {
-    sub.alibi_slopes = static_cast<const char*>(p.alibi_slopes) +
-                       s * p.alibi_batch_stride *
-                           element_size(p.dtype == ElementType::Float64 ? ElementType::Float64 : ElementType::Float32);
+    sub.alibi_slopes = static_cast<const char*>(p.alibi_slopes) + s * p.alibi_batch_stride * accumulator_bytes(p);
   }
   sub.dropout.index_base = p.dropout.index_base + static_cast<uint64_t>(s * p.q_heads) *
                                                       static_cast<uint64_t>(p.max_seqlen_q * p.max_seqlen_k);
   sub.cu_seqlens_q = sub.cu_seqlens_k = sub.seqused_k = nullptr;
   sub.sequences = 1;
+  sub.max_seqlen_q = seq.q_len;
+  sub.max_seqlen_k = seq.kv_len;
   return sub;
 }
 

@@ -16,13 +16,10 @@ namespace selfattn::cpu {
 // unless every sequence fits one tile of query rows and the heads alone give
 // fewer than two tasks per thread.
 inline int64_t split_key_chunks(const AttentionParams& p) {
-  const int64_t sequences = p.has_sequences() ? p.sequences : p.batch;
-  const int64_t q_len = p.has_sequences() ? p.max_seqlen_q : p.q_len;
-  const int64_t kv_len = p.has_sequences() ? p.max_seqlen_k : p.kv_len;
-  const int64_t tasks = sequences * p.q_heads;
+  const int64_t tasks = p.sequences * p.q_heads;
   const int64_t wanted = 2 * static_cast<int64_t>(at::get_num_threads());
-  if (q_len > kQueryTile || tasks == 0 || tasks >= wanted) return 1;
-  return std::max<int64_t>(1, std::min(ceil_div(kv_len, kKeyTile), ceil_div(wanted, tasks)));
+  if (p.max_seqlen_q > kQueryTile || tasks == 0 || tasks >= wanted) return 1;
+  return std::max<int64_t>(1, std::min(ceil_div(p.max_seqlen_k, kKeyTile), ceil_div(wanted, tasks)));
 }
 
 inline bool use_split_keys(const AttentionParams& p) { return split_key_chunks(p) > 1; }
@@ -78,11 +75,9 @@ template <typename scalar_t, typename acc_t>
 void forward_split_keys(const AttentionParams& p) {
   using Products = FloatProducts<scalar_t, acc_t>;  // each task reads its keys once: nothing to pack
   const int64_t chunks = split_key_chunks(p);
-  const int64_t sequences = p.has_sequences() ? p.sequences : p.batch;
-  const int64_t rows = p.has_sequences() ? p.max_seqlen_q : p.q_len;
-  KeyChunkResults<acc_t> results(sequences * p.q_heads * chunks, rows, p.value_dim);
+  KeyChunkResults<acc_t> results(p.sequences * p.q_heads * chunks, p.max_seqlen_q, p.value_dim);
 
-  at::parallel_for(0, sequences * p.q_heads * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.sequences * p.q_heads * chunks, 1, [&](int64_t begin, int64_t end) {
     ForwardWorkspace<acc_t> ws(p);
     for (int64_t slot = begin; slot < end; ++slot) {
       const int64_t s = slot / (p.q_heads * chunks), h = (slot / chunks) % p.q_heads, chunk = slot % chunks;
@@ -101,7 +96,7 @@ void forward_split_keys(const AttentionParams& p) {
     }
   });
 
-  at::parallel_for(0, sequences * p.q_heads, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.sequences * p.q_heads, 1, [&](int64_t begin, int64_t end) {
     ForwardWorkspace<acc_t> ws(p);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / p.q_heads, h = task % p.q_heads;

@@ -190,6 +190,17 @@ void add_mask_elements(const AttentionParams& p, const TileCoord& t, acc_t* scor
   }
 }
 
+template <typename acc_t>
+void add_mask(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld) {
+  switch (p.mask_dtype) {
+    case ElementType::Bool: return add_mask_elements<bool>(p, t, scores, ld);
+    case ElementType::Float32: return add_mask_elements<float>(p, t, scores, ld);
+    case ElementType::Float64: return add_mask_elements<double>(p, t, scores, ld);
+    case ElementType::Float16: return add_mask_elements<c10::Half>(p, t, scores, ld);
+    case ElementType::BFloat16: return add_mask_elements<c10::BFloat16>(p, t, scores, ld);
+  }
+}
+
 // softcap and ALiBi (see common/score_rules.h) on a tile of scaled scores.
 // `slopes`, when given, receives the derivative of each biased score by its
 // scaled score, for the backward.
@@ -212,15 +223,7 @@ template <typename acc_t>
 void apply_score_rules(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld,
                        acc_t* slopes = nullptr) {
   if (has_score_bias(p)) add_score_bias(p, t, scores, ld, slopes);
-  switch (p.mask_kind == MaskKind::None ? ElementType::Bool : p.mask_dtype) {
-    case ElementType::Bool:
-      if (p.mask_kind != MaskKind::None) add_mask_elements<bool>(p, t, scores, ld);
-      break;
-    case ElementType::Float32: add_mask_elements<float>(p, t, scores, ld); break;
-    case ElementType::Float64: add_mask_elements<double>(p, t, scores, ld); break;
-    case ElementType::Float16: add_mask_elements<c10::Half>(p, t, scores, ld); break;
-    case ElementType::BFloat16: add_mask_elements<c10::BFloat16>(p, t, scores, ld); break;
-  }
+  if (p.mask_kind != MaskKind::None) add_mask(p, t, scores, ld);
   if (!p.causal && p.window_left < 0 && p.window_right < 0) return;
   const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
   for (int64_t r = 0; r < t.rows; ++r) {

@@ -108,14 +108,6 @@ void copy_back(const at::Tensor& padded, at::Tensor& result) {
 
 using Optional = const std::optional<at::Tensor>&;
 
-// Keys of a cache past what its sequence uses (seqused_k) take no part: the
-// kernels skip them, and their gradients are zeroed here instead.
-void zero_unused_key_gradients(const AttentionOptions& options, at::Tensor& grad_key, at::Tensor& grad_value) {
-  if (!options.seqused_k.has_value()) return;
-  grad_key.zero_();
-  grad_value.zero_();
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, Optional attn_mask, double dropout_p,
     bool is_causal, double scale, int64_t window_left, int64_t window_right, bool bottom_right, Optional alibi_slopes,
