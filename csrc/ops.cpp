@@ -1,20 +1,20 @@
 // The op schemas, in one place. Kernels are registered per backend:
 //   CPU      csrc/cpu/cpu_ops.cpp
-//   Meta     csrc/api/meta_ops.cpp
-//   Autograd csrc/api/autograd_ops.cpp
+//   CUDA     csrc/cuda/cuda_ops.cpp
+//   Meta     csrc/api/core/meta_ops.cpp
+//   Autograd csrc/api/autograd/autograd_ops.cpp
 // cpu_tile_gemm and cpu_kernel_paths have no tensor arguments and one kernel
 // for every backend, in csrc/cpu/cpu_ops.cpp.
 // and scaled_dot_product_attention, which turns PyTorch's SDPA semantics into
-// calls of the core ops, is CompositeImplicitAutograd (csrc/api/sdpa.cpp), as
-// are varlen_attention and kv_cache_attention (csrc/api/sequence_ops.cpp).
+// calls of the core ops, is CompositeImplicitAutograd (csrc/api/composite/sdpa.cpp),
+// as are varlen_attention and kv_cache_attention (csrc/api/composite/sequence_ops.cpp).
 #include <torch/library.h>
 
-// The keyword-only arguments that both core ops take, in one place.
-#define SELFATTN_OPTIONS                                                                              \
-  "*, int window_left=-1, int window_right=-1, bool bottom_right=False, Tensor? alibi_slopes=None, " \
-  "float softcap=0.0, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, Tensor? seqused_k=None, " \
-  "int max_seqlen_q=-1, int max_seqlen_k=-1"
-// The extras of the user-facing functions (csrc/api/score_options.h).
+#include "api/core/attention_options.h"
+
+// The keyword-only arguments that both core ops take (api/core/attention_options.h).
+#define SELFATTN_OPTIONS "*" SELFATTN_CORE_OPTIONS(SELFATTN_OPTION_SCHEMA)
+// The extras of the user-facing functions (csrc/api/composite/score_options.h).
 #define SELFATTN_SCORE_OPTIONS \
   "int[]? window=None, str causal_alignment=\"top_left\", Tensor? alibi_slopes=None, float? softcap=None"
 
@@ -49,16 +49,8 @@ TORCH_LIBRARY(selfattn, m) {
   // float32 (float64 for float64 inputs); rng_state holds the dropout seed
   // and offset.
   //
-  // The keyword-only arguments go beyond PyTorch's SDPA (see
-  // csrc/common/attention_params.h for their exact meaning):
-  //   window_left, window_right  a sliding window; -1 is no bound
-  //   bottom_right               align causal masks and windows to the
-  //                              bottom-right corner (S − L) instead of the top-left
-  //   alibi_slopes               (Hq) or (batch, Hq): adds −slope·|i + shift − j|
-  //   softcap                    > 0: scores become softcap·tanh(score / softcap)
-  //   cu_seqlens_q, cu_seqlens_k int32 offsets of packed sequences in a batch of one
-  //   seqused_k                  int32 per sequence: the keys of a cache it uses
-  //   max_seqlen_q, max_seqlen_k bounds of the packed sequences' lengths
+  // The keyword-only arguments go beyond PyTorch's SDPA; their list and
+  // meaning are in csrc/api/core/attention_options.h.
   m.def(
       "attention_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, float dropout_p, "
       "bool is_causal, float scale, " SELFATTN_OPTIONS ") -> (Tensor output, Tensor logsumexp, Tensor rng_state)",

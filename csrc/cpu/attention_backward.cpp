@@ -11,9 +11,9 @@
 #include <ATen/Parallel.h>
 
 #include "cpu/dispatch_dtype.h"
-#include "cpu/env_flags.h"
+#include "common/env_flags.h"
 #include "cpu/kernels.h"
-#include "cpu/sequence_problem.h"
+#include "common/sequence_problem.h"
 #include "cpu/tile_ops.h"
 
 namespace selfattn::cpu {
@@ -419,7 +419,7 @@ struct BackwardKernel {
 }  // namespace
 
 void attention_backward(const AttentionBackwardParams& params) {
-  dispatch_dtype<BackwardKernel>(params, params.fwd.dtype);
+  dispatch_cpu_dtype<BackwardKernel>(params, params.fwd.dtype);
 }
 
 }  // namespace selfattn::cpu

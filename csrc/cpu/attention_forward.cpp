@@ -9,7 +9,7 @@
 #include "cpu/forward_products.h"
 #include "cpu/kernels.h"
 #include "cpu/online_softmax.h"
-#include "cpu/sequence_problem.h"
+#include "common/sequence_problem.h"
 #include "cpu/split_keys_forward.h"
 
 namespace selfattn::cpu {
@@ -67,6 +67,8 @@ struct ForwardKernel {
 
 }  // namespace
 
-void attention_forward(const AttentionParams& params) { dispatch_dtype<ForwardKernel>(params, params.dtype); }
+void attention_forward(const AttentionParams& params) {
+  dispatch_cpu_dtype<ForwardKernel>(params, params.dtype);
+}
 
 }  // namespace selfattn::cpu

@@ -3,7 +3,7 @@
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/BFloat16.h>
 
-#include "cpu/env_flags.h"
+#include "common/env_flags.h"
 
 namespace selfattn::cpu {
 

@@ -8,7 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "api/core_inputs.h"
+#include "api/core/core_op_kernels.h"
+#include "api/core/input_checks.h"
+#include "api/core/kernel_params.h"
+#include "api/core/op_outputs.h"
 #include "cpu/kernels.h"
 #include "cpu/bf16_matrix_units.h"
 #include "cpu/tile_gemm.h"
@@ -27,8 +30,6 @@ void draw_dropout_state(at::Tensor& rng_state) {
   state[1] = static_cast<int64_t>(gen->random64());
 }
 
-using Optional = const std::optional<at::Tensor>&;
-
 // The checks of the options that read their values, and the options as the
 // kernels read them.
 AttentionOptions checked_kernel_options(const char* op, const at::Tensor& query, const at::Tensor& key,
@@ -37,14 +38,10 @@ AttentionOptions checked_kernel_options(const char* op, const at::Tensor& query,
   return kernel_options(options, query.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, Optional attn_mask, double dropout_p,
-    bool is_causal, double scale, int64_t window_left, int64_t window_right, bool bottom_right, Optional alibi_slopes,
-    double softcap, Optional cu_seqlens_q, Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q,
-    int64_t max_seqlen_k) {
+ForwardOutputs attention_forward_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                     OptionalTensor attn_mask, double dropout_p, bool is_causal, double scale,
+                                     const AttentionOptions& options) {
   const char* op = "attention_forward";
-  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
-                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
   check_core_inputs(op, query, key, value, attn_mask, dropout_p, is_causal, options);
   const AttentionOptions kernel = checked_kernel_options(op, query, key, options);
   auto [output, logsumexp, rng_state] = allocate_forward_outputs(query, value);
@@ -58,14 +55,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cpu(
   return {output, logsumexp, rng_state};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    Optional attn_mask, const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad, int64_t window_left,
-    int64_t window_right, bool bottom_right, Optional alibi_slopes, double softcap, Optional cu_seqlens_q,
-    Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
-  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
-                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
+BackwardOutputs attention_backward_cpu(const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+                                       const at::Tensor& value, OptionalTensor attn_mask, const at::Tensor& output,
+                                       const at::Tensor& logsumexp, const at::Tensor& rng_state, double dropout_p,
+                                       bool is_causal, double scale, bool attn_mask_requires_grad,
+                                       const AttentionOptions& options) {
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
                              is_causal, attn_mask_requires_grad, options);
   const AttentionOptions kernel = checked_kernel_options("attention_backward", query, key, options);
@@ -99,10 +93,7 @@ std::vector<std::string> cpu_kernel_paths() {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(selfattn, CPU, m) {
-  m.impl("attention_forward", &attention_forward_cpu);
-  m.impl("attention_backward", &attention_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(selfattn, CPU, m) { register_core_ops<&attention_forward_cpu, &attention_backward_cpu>(m); }
 
 TORCH_LIBRARY_IMPL(selfattn, CompositeExplicitAutograd, m) {
   m.impl("cpu_tile_gemm", &cpu_tile_gemm);

@@ -22,13 +22,6 @@ struct ForwardWorkspace {
         row_sum(kQueryTile) {}
 };
 
-// max that lets a NaN through, so that a NaN score poisons its row as it
-// does in PyTorch instead of being skipped.
-template <typename acc_t>
-acc_t nan_propagating_max(acc_t a, acc_t b) {
-  return (b > a || b != b) ? b : a;
-}
-
 // One step of the online softmax: folds a tile of scores into the running
 // max and sum of each row, rescales the output accumulated so far, and turns
 // the scores into unnormalised probabilities exp(s - max).

@@ -8,7 +8,7 @@
 
 #include "cpu/forward_products.h"
 #include "cpu/online_softmax.h"
-#include "cpu/sequence_problem.h"
+#include "common/sequence_problem.h"
 
 namespace selfattn::cpu {
 

@@ -1,6 +1,6 @@
 #include "cpu/tile_gemm.h"
 
-#include "cpu/env_flags.h"
+#include "common/env_flags.h"
 
 // PyTorch's CPU library exports the Fortran BLAS entry points of the BLAS it
 // was built with (MKL on x86-64 wheels). They are declared weak, so a torch

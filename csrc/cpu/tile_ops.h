@@ -15,8 +15,9 @@
 #include <type_traits>
 
 #include "common/attention_params.h"
-#include "common/philox.h"
+#include "common/numeric.h"
 #include "common/score_rules.h"
+#include "common/score_tile.h"
 #include "cpu/tile_gemm.h"
 #include "cpu/vector_ops.h"
 
@@ -27,13 +28,6 @@ namespace selfattn::cpu {
 // 128 × 512 floats still stays in L2 while it is worked on.
 constexpr int64_t kQueryTile = 128;
 constexpr int64_t kKeyTile = 512;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <typename acc_t>
-constexpr acc_t minus_infinity() {
-  return -std::numeric_limits<acc_t>::infinity();
-}
 
 // Contiguous scratch of the accumulator type, one per worker chunk.
 template <typename acc_t>
@@ -136,12 +130,6 @@ void multiply_tile(acc_t* a, const acc_t* b, int64_t ld, int64_t rows, int64_t c
   for (int64_t r = 0; r < rows; ++r) multiply(a + r * ld, b + r * ld, cols);
 }
 
-// The extent of a score tile: query rows [row0, row0 + rows) of head (b, h)
-// against key columns [col0, col0 + cols).
-struct TileCoord {
-  int64_t b, h, row0, rows, col0, cols;
-};
-
 // The key columns that query rows [row0, row0 + rows) may see at all, the
 // first rounded down to a whole key tile: every pass walks the same tiles,
 // so a score is computed over the same extent (and rounds the same way)
@@ -201,21 +189,6 @@ void add_mask(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64
   }
 }
 
-// softcap and ALiBi (see common/score_rules.h) on a tile of scaled scores.
-// `slopes`, when given, receives the derivative of each biased score by its
-// scaled score, for the backward.
-template <typename acc_t>
-void add_score_bias(const AttentionParams& p, const TileCoord& t, acc_t* scores, int64_t ld, acc_t* slopes) {
-  const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
-  const acc_t alibi = p.alibi_slopes != nullptr ? alibi_slope<acc_t>(p, t.b, t.h) : acc_t(0);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    for (int64_t c = 0; c < t.cols; ++c) {
-      acc_t* slope = slopes != nullptr ? slopes + r * ld + c : nullptr;
-      scores[r * ld + c] = biased_score(p, scores[r * ld + c], alibi, t.row0 + r, t.col0 + c, shift, slope);
-    }
-  }
-}
-
 // Turns a tile of scaled scores into the scores the softmax sees: softcap,
 // ALiBi, the attention mask, and −inf wherever causality or a window hides
 // a key.
@@ -224,16 +197,7 @@ void apply_score_rules(const AttentionParams& p, const TileCoord& t, acc_t* scor
                        acc_t* slopes = nullptr) {
   if (has_score_bias(p)) add_score_bias(p, t, scores, ld, slopes);
   if (p.mask_kind != MaskKind::None) add_mask(p, t, scores, ld);
-  if (!p.causal && p.window_left < 0 && p.window_right < 0) return;
-  const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    const KeyRange seen = visible_keys(p, t.row0 + r, shift, p.kv_len);
-    acc_t* s = scores + r * ld;
-    const int64_t first = std::clamp<int64_t>(seen.first - t.col0, 0, t.cols);
-    const int64_t end = std::clamp<int64_t>(seen.end - t.col0, first, t.cols);
-    std::fill(s, s + first, minus_infinity<acc_t>());
-    std::fill(s + end, s + t.cols, minus_infinity<acc_t>());
-  }
+  hide_invisible_keys(p, t, scores, ld);
 }
 
 // The scores of a tile as the softmax sees them (apply_score_rules), from
@@ -260,29 +224,6 @@ void probabilities_from_logsumexp(const TileCoord& t, const acc_t* lse, const ac
       std::fill(s, s + t.cols, acc_t(0));
     } else {
       exp_shifted(s, t.cols, row_lse, scale);
-    }
-  }
-}
-
-// Dropout multipliers of a tile: 1/(1-p) where the element is kept, 0 where
-// it is dropped. The decision for element (b, h, i, j) depends only on the
-// seed, the offset and its index in the (batch, Hq, L, S) score space.
-template <typename acc_t>
-void dropout_multipliers(const AttentionParams& p, const TileCoord& t, acc_t* z, int64_t ld) {
-  const uint64_t threshold = dropout_threshold(p.dropout.p);
-  const acc_t kept = p.dropout.p >= 1.0 ? acc_t(0) : acc_t(1.0 / (1.0 - p.dropout.p));
-  const uint64_t head_index = static_cast<uint64_t>(t.b * p.q_heads + t.h);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    uint64_t index = p.dropout.index_base + (head_index * p.q_len + (t.row0 + r)) * p.kv_len + t.col0;
-    // One Philox call yields the words of four consecutive indices.
-    uint64_t block = index >> 2;
-    Philox4x32 words = dropout_words(p.dropout.seed, p.dropout.offset, block);
-    for (int64_t c = 0; c < t.cols; ++c, ++index) {
-      if ((index >> 2) != block) {
-        block = index >> 2;
-        words = dropout_words(p.dropout.seed, p.dropout.offset, block);
-      }
-      z[r * ld + c] = words.word[index & 3] >= threshold ? kept : acc_t(0);
     }
   }
 }

@@ -21,7 +21,10 @@
 #include <limits>
 #include <mutex>
 
-#include "api/core_inputs.h"
+#include "api/core/core_op_kernels.h"
+#include "api/core/input_checks.h"
+#include "api/core/kernel_params.h"
+#include "api/core/op_outputs.h"
 #include "cuda/kernels.h"
 
 namespace selfattn {
@@ -106,15 +109,9 @@ void copy_back(const at::Tensor& padded, at::Tensor& result) {
   if (!padded.is_same(result)) result.copy_(padded.narrow(3, 0, result.size(3)));
 }
 
-using Optional = const std::optional<at::Tensor>&;
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, Optional attn_mask, double dropout_p,
-    bool is_causal, double scale, int64_t window_left, int64_t window_right, bool bottom_right, Optional alibi_slopes,
-    double softcap, Optional cu_seqlens_q, Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q,
-    int64_t max_seqlen_k) {
-  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
-                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
+ForwardOutputs attention_forward_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                      OptionalTensor attn_mask, double dropout_p, bool is_causal, double scale,
+                                      const AttentionOptions& options) {
   check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal, options);
   const c10::cuda::CUDAGuard guard(query.device());
   const AttentionOptions kernel = kernel_options(options, query.scalar_type());
@@ -151,14 +148,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_cuda(
   return {output, logsumexp, rng_state};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    Optional attn_mask, const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad, int64_t window_left,
-    int64_t window_right, bool bottom_right, Optional alibi_slopes, double softcap, Optional cu_seqlens_q,
-    Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
-  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
-                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
+BackwardOutputs attention_backward_cuda(const at::Tensor& grad_output, const at::Tensor& query,
+                                        const at::Tensor& key, const at::Tensor& value, OptionalTensor attn_mask,
+                                        const at::Tensor& output, const at::Tensor& logsumexp,
+                                        const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale,
+                                        bool attn_mask_requires_grad, const AttentionOptions& options) {
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
                              is_causal, attn_mask_requires_grad, options);
   const c10::cuda::CUDAGuard guard(query.device());
@@ -234,9 +228,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_cu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(selfattn, CUDA, m) {
-  m.impl("attention_forward", &attention_forward_cuda);
-  m.impl("attention_backward", &attention_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(selfattn, CUDA, m) { register_core_ops<&attention_forward_cuda, &attention_backward_cuda>(m); }
 
 }  // namespace selfattn

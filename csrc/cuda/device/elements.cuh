@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "common/attention_params.h"
+#include "common/numeric.h"
 #include "common/philox.h"
 #include "cuda/kernels.h"
 
@@ -37,11 +38,6 @@ __device__ __forceinline__ T from_acc(acc_t x) {
   } else {
     return static_cast<T>(x);
   }
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t minus_infinity() {
-  return -static_cast<acc_t>(INFINITY);
 }
 
 // The attention mask's additive term for score (b, h, i, j): the float
@@ -75,7 +71,7 @@ struct Dropout {
   double keep_scale = 1.0;  // 1 / (1 − p)
   bool enabled = false;
 
-  // `index` is the score's, as SequenceHead::score_index gives it: the CPU's
+  // `index` is the score's (common/dropout_index.h), the CPU's
   // too, so both backends drop the same elements for the same seed.
   __device__ __forceinline__ bool keeps(uint64_t index) const {
     const Philox4x32 words = dropout_words(seed, offset, index >> 2);
@@ -105,8 +101,6 @@ __device__ __forceinline__ Dropout resolve_dropout(const AttentionParams& p, con
 }
 
 SELFATTN_HOST_DEVICE int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
-
-SELFATTN_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Launch checks: a failed launch is reported at the call, not at the next
 // synchronisation.

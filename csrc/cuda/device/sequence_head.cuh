@@ -23,18 +23,6 @@ struct SequenceHead {
   // Tensor rows of query row i and key row j.
   __device__ __forceinline__ int64_t q_row(int64_t i) const { return seq.q_begin + i; }
   __device__ __forceinline__ int64_t k_row(int64_t j) const { return seq.k_begin + j; }
-
-  // Score (i, j)'s index in the dropout counter space, the CPU's: sequence s
-  // starts at s·Hq·max_seqlen_q·max_seqlen_k (batch b of a call without
-  // sequences at b·Hq·L·S) and its heads follow one another, each q_len × kv_len.
-  // Computed where it is used rather than kept: registers are scarce where
-  // the kernels drop.
-  __device__ __forceinline__ uint64_t score_index(const AttentionParams& p, int64_t i, int64_t j) const {
-    const uint64_t sequence_base = static_cast<uint64_t>(s * p.q_heads) * static_cast<uint64_t>(p.max_seqlen_q) *
-                                   static_cast<uint64_t>(p.max_seqlen_k);
-    return p.dropout.index_base + sequence_base +
-           static_cast<uint64_t>((h * seq.q_len + i) * seq.kv_len + j);
-  }
 };
 
 template <typename acc_t>

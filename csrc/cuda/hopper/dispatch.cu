@@ -7,7 +7,7 @@
 #include <optional>
 #include <stdexcept>
 
-#include "cpu/env_flags.h"
+#include "common/env_flags.h"
 #include "cuda/device/elements.cuh"
 #include "cuda/hopper/launchers.h"
 #include "cuda/hopper/tensor_map.h"
@@ -81,7 +81,7 @@ void launch_for_head_dim(const AttentionParams& p, const hopper::ForwardMaps& ma
 
 }  // namespace
 
-bool hopper_forward_enabled() { return cpu::env_flag("TORCH_SELFATTN_HOPPER"); }
+bool hopper_forward_enabled() { return env_flag("TORCH_SELFATTN_HOPPER"); }
 
 bool hopper_forward_supports(const AttentionParams& p) {
   return kBuiltForSm90a && computes(p) && current_device_is_sm90() && forward_maps(p).has_value();

@@ -11,12 +11,10 @@
 
 #include <cstdint>
 
+#include "common/numeric.h"
 #include "cuda/tensor_core/warp_ops.cuh"
 
 namespace selfattn::cuda::hopper {
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 struct OnlineSoftmax {
   float max[2] = {-INFINITY, -INFINITY};  // per row, log2 domain

@@ -139,7 +139,7 @@ __global__ void key_kernel(const AttentionBackwardParams bp, const DropoutSeed s
 
 void scalar_backward(const AttentionBackwardParams& bp, const DropoutSeed& seed, const BackwardBuffers& buffers,
                      cudaStream_t stream) {
-  dispatch_dtype(bp.fwd.dtype, [&](auto tag) {
+  dispatch_dtype<__half, __nv_bfloat16>(bp.fwd.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     using acc_t = acc_type<scalar_t>;
     if (const int64_t items = query_items(bp.fwd); items > 0) {

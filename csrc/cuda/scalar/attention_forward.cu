@@ -10,13 +10,6 @@ namespace {
 
 using namespace scalar;
 
-// max that lets a NaN through, so that a NaN score poisons its row as it
-// does in PyTorch (and on the CPU) instead of being skipped.
-template <typename acc_t>
-__device__ __forceinline__ acc_t nan_propagating_max(acc_t a, acc_t b) {
-  return (b > a || b != b) ? b : a;
-}
-
 SELFATTN_HOST_DEVICE int64_t forward_items(const AttentionParams& p) {
   return p.sequences * p.q_heads * p.max_seqlen_q * column_pieces(p.value_dim);
 }
@@ -82,7 +75,7 @@ __global__ void forward_kernel(const AttentionParams p, const DropoutSeed seed) 
 void scalar_forward(const AttentionParams& p, const DropoutSeed& seed, cudaStream_t stream) {
   const int64_t items = forward_items(p);
   if (items == 0) return;
-  dispatch_dtype(p.dtype, [&](auto tag) {
+  dispatch_dtype<__half, __nv_bfloat16>(p.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     forward_kernel<scalar_t, acc_type<scalar_t>><<<grid_size(items), kThreads, 0, stream>>>(p, seed);
     check_launch("scalar forward_kernel");

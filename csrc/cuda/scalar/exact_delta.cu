@@ -42,7 +42,7 @@ __global__ void exact_delta_kernel(const AttentionBackwardParams bp, const Dropo
 void compute_exact_delta(const AttentionBackwardParams& bp, const DropoutSeed& seed, cudaStream_t stream) {
   const int64_t items = delta_items(bp.fwd);
   if (items == 0) return;
-  dispatch_dtype(bp.fwd.dtype, [&](auto tag) {
+  dispatch_dtype<__half, __nv_bfloat16>(bp.fwd.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     exact_delta_kernel<scalar_t, acc_type<scalar_t>><<<grid_size(items), kThreads, 0, stream>>>(bp, seed);
     check_launch("scalar exact_delta_kernel");

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/dispatch_dtype.h"
+#include "common/dropout_index.h"
 #include "cuda/device/sequence_head.cuh"
 
 namespace selfattn::cuda::scalar {
@@ -24,26 +26,6 @@ constexpr int kColumnsPerThread = 4;
 constexpr int64_t kPieceColumns = int64_t(kThreads) * kColumnsPerThread;
 // More blocks than this only wait for a slot; the grid-stride loop takes the rest.
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Calls f(TypeTag<scalar_t>{}) with the element type of `dtype`.
-template <typename F>
-void dispatch_dtype(ElementType dtype, F&& f) {
-  switch (dtype) {
-    case ElementType::Float16: return f(TypeTag<__half>{});
-    case ElementType::BFloat16: return f(TypeTag<__nv_bfloat16>{});
-    case ElementType::Float32: return f(TypeTag<float>{});
-    case ElementType::Float64: return f(TypeTag<double>{});
-    case ElementType::Bool: return;  // never a dtype of q
-  }
-}
 
 // Pieces that `columns` result columns are split into; at least one, so that
 // a row with no columns still gets its block (for the logsumexp or the mask
@@ -167,7 +149,8 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t dropout_multiplier(const Dropout& dropout, const AttentionParams& p,
                                                     const SequenceHead<acc_t>& head, int64_t i, int64_t j) {
   if (!dropout.enabled) return acc_t(1);
-  return dropout.keeps(head.score_index(p, i, j)) ? static_cast<acc_t>(dropout.keep_scale) : acc_t(0);
+  const uint64_t index = dropout_index(p, head.s, head.h, head.seq.q_len, head.seq.kv_len, i, j);
+  return dropout.keeps(index) ? static_cast<acc_t>(dropout.keep_scale) : acc_t(0);
 }
 
 // What the backward recomputes for score (b, h, i, j), from the forward's

@@ -14,12 +14,11 @@
 // against the same float64 reference.
 #pragma once
 
+#include "common/dropout_index.h"
+#include "common/numeric.h"
 #include "cuda/device/sequence_head.cuh"
 
 namespace selfattn::cuda::tc {
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 // Whether a call needs the kGeneral kernels.
 inline bool needs_general_rules(const AttentionParams& p) {
@@ -39,16 +38,16 @@ __device__ __forceinline__ SequenceHead<float> block_head(const AttentionParams&
   }
 }
 
-// Score (i, j)'s dropout index, SequenceHead::score_index. Without sequences
-// it equals ((s·Hq + h)·L + i)·S + j, the form in which the kernels keep no
-// 64-bit base in registers across their loops.
+// Score (i, j)'s dropout index (common/dropout_index.h). Without sequences
+// it is batch_dropout_index, the form in which the kernels keep no 64-bit
+// base in registers across their loops.
 template <bool kGeneral>
 __device__ __forceinline__ uint64_t dropout_index(const AttentionParams& p, const SequenceHead<float>& at, int64_t i,
                                                   int64_t j) {
   if constexpr (kGeneral) {
-    return at.score_index(p, i, j);
+    return selfattn::dropout_index(p, at.s, at.h, at.seq.q_len, at.seq.kv_len, i, j);
   } else {
-    return p.dropout.index_base + static_cast<uint64_t>(((at.s * p.q_heads + at.h) * p.q_len + i) * p.kv_len + j);
+    return batch_dropout_index(p, at.s, at.h, i, j);
   }
 }
 

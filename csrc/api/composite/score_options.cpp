@@ -1,4 +1,4 @@
-#include "api/score_options.h"
+#include "api/composite/score_options.h"
 
 #include <c10/util/Exception.h>
 

@@ -1,5 +1,6 @@
-#include "api/core_inputs.h"
+#include "api/core/input_checks.h"
 
+// For the operator<< that prints a std::vector<c10::SymInt> shape in a message.
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
@@ -7,27 +8,15 @@
 #include <tuple>
 #include <vector>
 
+#include "api/core/op_outputs.h"
+
 namespace selfattn {
 
-ElementType element_type(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kHalf: return ElementType::Float16;
-    case at::kBFloat16: return ElementType::BFloat16;
-    case at::kFloat: return ElementType::Float32;
-    case at::kDouble: return ElementType::Float64;
-    case at::kBool: return ElementType::Bool;
-    default: TORCH_CHECK(false, "selfattn: no kernel for dtype ", dtype);
-  }
-}
-
-at::ScalarType accumulator_type(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
-
-namespace {
-
-// The number of sequences: packed ones, or one per batch.
 c10::SymInt sequence_count(const at::Tensor& query, const AttentionOptions& o) {
   return o.cu_seqlens_q.has_value() ? o.cu_seqlens_q->sym_size(0) - 1 : query.sym_size(0);
 }
+
+namespace {
 
 void check_int32_vector(const char* op, const char* name, const at::Tensor& t, const at::Tensor& query) {
   TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1, op, ": ", name, " must be a 1-D int32 tensor, got ",
@@ -194,103 +183,6 @@ void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor&
               ": attn_mask_requires_grad is set, so attn_mask must be a floating-point tensor");
   TORCH_CHECK(!attn_mask_requires_grad || !options.has_sequences(), op,
               ": attn_mask cannot get a gradient together with seqused_k or cu_seqlens");
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(const at::Tensor& query,
-                                                                        const at::Tensor& value) {
-  const auto B = query.sym_size(0), Hq = query.sym_size(1), L = query.sym_size(2);
-  auto output = at::empty_symint({B, Hq, L, value.sym_size(3)}, query.options());
-  auto logsumexp = at::empty_symint({B, Hq, L}, query.options().dtype(accumulator_type(query.scalar_type())));
-  auto rng_state = at::empty({2}, query.options().dtype(at::kLong));
-  return {output, logsumexp, rng_state};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_backward_outputs(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, bool attn_mask_requires_grad) {
-  const bool mask_grad = attn_mask_requires_grad && attn_mask.has_value();
-  auto grad_mask = mask_grad ? at::empty_symint(attn_mask->sym_sizes(), attn_mask->options())
-                             : at::empty({0}, query.options());
-  return {at::empty_symint(query.sym_sizes(), query.options()), at::empty_symint(key.sym_sizes(), key.options()),
-          at::empty_symint(value.sym_sizes(), value.options()), grad_mask};
-}
-
-void read_dropout_state(const at::Tensor& rng_state, DropoutParams& dropout) {
-  const auto* state = rng_state.const_data_ptr<int64_t>();
-  dropout.seed = static_cast<uint64_t>(state[0]);
-  dropout.offset = static_cast<uint64_t>(state[1]);
-}
-
-void zero_unused_key_gradients(const AttentionOptions& options, at::Tensor& grad_key, at::Tensor& grad_value) {
-  if (!options.seqused_k.has_value()) return;
-  grad_key.zero_();
-  grad_value.zero_();
-}
-
-TensorView tensor_view(const at::Tensor& t) {
-  return TensorView{const_cast<void*>(t.data_ptr()), Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
-}
-
-AttentionOptions kernel_options(const AttentionOptions& options, at::ScalarType dtype) {
-  AttentionOptions o = options;
-  if (o.alibi_slopes.has_value()) o.alibi_slopes = o.alibi_slopes->to(accumulator_type(dtype)).contiguous();
-  return o;
-}
-
-AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                            const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
-                            const at::Tensor& logsumexp, double dropout_p, bool is_causal, double scale,
-                            const AttentionOptions& options) {
-  AttentionParams p;
-  p.dtype = element_type(query.scalar_type());
-  p.batch = query.size(0);
-  p.q_heads = query.size(1);
-  p.kv_heads = key.size(1);
-  p.q_len = query.size(2);
-  p.kv_len = key.size(2);
-  p.head_dim = query.size(3);
-  p.value_dim = value.size(3);
-  p.q = tensor_view(query);
-  p.k = tensor_view(key);
-  p.v = tensor_view(value);
-  p.out = tensor_view(output);
-  p.logsumexp = logsumexp.data_ptr();
-  if (attn_mask.has_value()) {
-    const at::Tensor& mask = *attn_mask;
-    p.mask_kind = mask.scalar_type() == at::kBool ? MaskKind::Boolean : MaskKind::Additive;
-    p.mask_dtype = element_type(mask.scalar_type());
-    // Expanding gives the broadcast dimensions stride 0: a view, no copy.
-    p.mask = tensor_view(mask.expand({p.batch, p.q_heads, p.q_len, p.kv_len}));
-    p.mask_batch = mask.size(0);
-    p.mask_heads = mask.size(1);
-    p.mask_rows = mask.size(2);
-    p.mask_cols = mask.size(3);
-  }
-  p.rows_per_head = p.q_len;
-  p.causal = is_causal;
-  p.bottom_right = options.bottom_right;
-  p.window_left = options.window_left;
-  p.window_right = options.window_right;
-  p.scale = scale;
-  p.softcap = options.softcap;
-  if (options.alibi_slopes.has_value()) {
-    const at::Tensor& slopes = *options.alibi_slopes;
-    TORCH_INTERNAL_ASSERT(slopes.scalar_type() == accumulator_type(query.scalar_type()) && slopes.is_contiguous());
-    p.alibi_slopes = slopes.const_data_ptr();
-    p.alibi_batch_stride = slopes.dim() == 2 ? slopes.size(1) : 0;
-  }
-  p.dropout.p = dropout_p;  // the backend fills in the seed and offset from its rng_state
-  p.sequences = sequence_count(query, options).guard_int(__FILE__, __LINE__);
-  p.max_seqlen_q = p.q_len;
-  p.max_seqlen_k = p.kv_len;
-  if (options.cu_seqlens_q.has_value()) {
-    p.cu_seqlens_q = options.cu_seqlens_q->const_data_ptr<int32_t>();
-    p.cu_seqlens_k = options.cu_seqlens_k->const_data_ptr<int32_t>();
-    p.max_seqlen_q = options.max_seqlen_q;
-    p.max_seqlen_k = options.max_seqlen_k;
-  }
-  if (options.seqused_k.has_value()) p.seqused_k = options.seqused_k->const_data_ptr<int32_t>();
-  return p;
 }
 
 }  // namespace selfattn

@@ -1,8 +1,9 @@
-#include "cpu/sequence_problem.h"
+#include "common/sequence_problem.h"
 
+#include "common/dropout_index.h"
 #include "common/sequences.h"
 
-namespace selfattn::cpu {
+namespace selfattn {
 namespace {
 
 // The view moved to row `row` of batch b, head 0.
@@ -40,8 +41,7 @@ AttentionParams sequence_problem(const AttentionParams& p, int64_t s) {
   if (p.alibi_slopes != nullptr) {
     sub.alibi_slopes = static_cast<const char*>(p.alibi_slopes) + s * p.alibi_batch_stride * accumulator_bytes(p);
   }
-  sub.dropout.index_base = p.dropout.index_base + static_cast<uint64_t>(s * p.q_heads) *
-                                                      static_cast<uint64_t>(p.max_seqlen_q * p.max_seqlen_k);
+  sub.dropout.index_base = p.dropout.index_base + sequence_dropout_base(p, s);
   sub.cu_seqlens_q = sub.cu_seqlens_k = sub.seqused_k = nullptr;
   sub.sequences = 1;
   sub.max_seqlen_q = seq.q_len;
@@ -63,4 +63,4 @@ AttentionBackwardParams sequence_problem(const AttentionBackwardParams& bp, int6
   return sub;
 }
 
-}  // namespace selfattn::cpu
+}  // namespace selfattn

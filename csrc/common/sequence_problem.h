@@ -6,9 +6,9 @@
 
 #include "common/attention_params.h"
 
-namespace selfattn::cpu {
+namespace selfattn {
 
 AttentionParams sequence_problem(const AttentionParams& p, int64_t s);
 AttentionBackwardParams sequence_problem(const AttentionBackwardParams& bp, int64_t s);
 
-}  // namespace selfattn::cpu
+}  // namespace selfattn

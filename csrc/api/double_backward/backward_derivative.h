@@ -22,7 +22,7 @@
 #include <array>
 #include <optional>
 
-#include "api/saved_settings.h"
+#include "api/autograd/saved_settings.h"
 
 namespace selfattn {
 

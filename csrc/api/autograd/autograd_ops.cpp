@@ -15,10 +15,11 @@
 #include <algorithm>
 #include <array>
 
-#include "api/backward_derivative.h"
-#include "api/core_inputs.h"
-#include "api/op_calls.h"
-#include "api/saved_settings.h"
+#include "api/autograd/saved_settings.h"
+#include "api/core/core_op_kernels.h"
+#include "api/core/input_checks.h"
+#include "api/core/op_calls.h"
+#include "api/double_backward/backward_derivative.h"
 
 namespace selfattn {
 namespace {
@@ -111,15 +112,9 @@ class AttentionBackwardFunction : public torch::autograd::Function<AttentionBack
   }
 };
 
-using Optional = const std::optional<at::Tensor>&;
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_autograd(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, Optional attn_mask, double dropout_p,
-    bool is_causal, double scale, int64_t window_left, int64_t window_right, bool bottom_right, Optional alibi_slopes,
-    double softcap, Optional cu_seqlens_q, Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q,
-    int64_t max_seqlen_k) {
-  const AttentionOptions options = attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
-                                                     cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k);
+ForwardOutputs attention_forward_autograd(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                          OptionalTensor attn_mask, double dropout_p, bool is_causal, double scale,
+                                          const AttentionOptions& options) {
   // Checked here too: Function::apply reads the inputs' sizes before any
   // backend kernel could, which a nested tensor answers with an internal
   // error, and a sparse one would only meet the dispatcher's "no kernel".
@@ -128,15 +123,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward_autograd(
   return {outputs[0], outputs[1], outputs[2]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    Optional attn_mask, const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad, int64_t window_left,
-    int64_t window_right, bool bottom_right, Optional alibi_slopes, double softcap, Optional cu_seqlens_q,
-    Optional cu_seqlens_k, Optional seqused_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
-  const CallSettings settings{dropout_p, is_causal, scale, attn_mask_requires_grad,
-                              attention_options(window_left, window_right, bottom_right, alibi_slopes, softcap,
-                                                cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k)};
+BackwardOutputs attention_backward_autograd(const at::Tensor& grad_output, const at::Tensor& query,
+                                            const at::Tensor& key, const at::Tensor& value, OptionalTensor attn_mask,
+                                            const at::Tensor& output, const at::Tensor& logsumexp,
+                                            const at::Tensor& rng_state, double dropout_p, bool is_causal,
+                                            double scale, bool attn_mask_requires_grad,
+                                            const AttentionOptions& options) {
+  const CallSettings settings{dropout_p, is_causal, scale, attn_mask_requires_grad, options};
   auto g = AttentionBackwardFunction::apply(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state,
                                             settings);
   return {g[0], g[1], g[2], g[3]};
@@ -145,8 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_backward_au
 }  // namespace
 
 TORCH_LIBRARY_IMPL(selfattn, Autograd, m) {
-  m.impl("attention_forward", &attention_forward_autograd);
-  m.impl("attention_backward", &attention_backward_autograd);
+  register_core_ops<&attention_forward_autograd, &attention_backward_autograd>(m);
 }
 
 }  // namespace selfattn

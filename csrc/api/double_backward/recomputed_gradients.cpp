@@ -1,10 +1,10 @@
-#include "api/recomputed_gradients.h"
+#include "api/double_backward/recomputed_gradients.h"
 
 #include <ATen/ATen.h>
 
 #include <limits>
 
-#include "api/core_inputs.h"
+#include "api/core/op_outputs.h"
 
 namespace selfattn {
 namespace {

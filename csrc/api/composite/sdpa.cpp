@@ -12,8 +12,8 @@
 
 #include <cmath>
 
-#include "api/op_calls.h"
-#include "api/score_options.h"
+#include "api/core/op_calls.h"
+#include "api/composite/score_options.h"
 
 namespace selfattn {
 namespace {

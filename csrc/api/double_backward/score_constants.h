@@ -1,7 +1,8 @@
 // The score rules of a block of the first-order problem that are constants
-// (see recomputed_gradients.h), as tensors made by the CPU kernels' own tile
-// functions, so that the recompute sees exactly the scores the kernels saw:
-//   bias  apply_score_rules on a zero product: the ALiBi bias and −inf for
+// (see recomputed_gradients.h), as tensors made by the kernels' own tile
+// functions (common/score_tile.h), so that the recompute sees exactly the
+// scores the kernels saw:
+//   bias  the score rules on a zero product: the ALiBi bias and −inf for
 //         keys that causality or a window hides (softcapping maps 0 to 0);
 //   keep  dropout_multipliers: the forward's dropout mask, regenerated from
 //         its seed and offset.
@@ -11,7 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "api/recomputed_gradients.h"
+#include "api/double_backward/recomputed_gradients.h"
 #include "common/attention_params.h"
 
 namespace selfattn {

@@ -5,7 +5,7 @@
 
 #include <torch/autograd.h>
 
-#include "api/attention_options.h"
+#include "api/core/attention_options.h"
 
 namespace selfattn {
 

@@ -8,7 +8,7 @@
 #include <optional>
 #include <string_view>
 
-#include "api/attention_options.h"
+#include "api/core/attention_options.h"
 
 namespace selfattn {
 

@@ -6,10 +6,10 @@
 //                                    of keeping them between its sweeps
 #pragma once
 
-namespace selfattn::cpu {
+namespace selfattn {
 
 // Whether environment variable `name` is "1". Callers read it once into a
 // static, so the kernels keep no mutable global state.
 bool env_flag(const char* name);
 
-}  // namespace selfattn::cpu
+}  // namespace selfattn

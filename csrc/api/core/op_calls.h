@@ -7,7 +7,7 @@
 #include <optional>
 #include <tuple>
 
-#include "api/attention_options.h"
+#include "api/core/attention_options.h"
 
 namespace selfattn {
 

@@ -1,4 +1,4 @@
-#include "api/backward_derivative.h"
+#include "api/double_backward/backward_derivative.h"
 
 #include <ATen/FunctionalTensorWrapper.h>
 #include <torch/autograd.h>
@@ -6,12 +6,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "api/core_inputs.h"
-#include "api/recomputed_gradients.h"
-#include "api/score_constants.h"
+#include "api/core/kernel_params.h"
+#include "api/core/op_outputs.h"
+#include "api/double_backward/recomputed_gradients.h"
+#include "api/double_backward/score_constants.h"
 #include "common/score_rules.h"
 #include "common/sequences.h"
-#include "cpu/sequence_problem.h"
+#include "common/sequence_problem.h"
 
 namespace selfattn {
 namespace {
@@ -39,7 +40,7 @@ at::Tensor block_of(const at::Tensor& t, BackwardInput input, const ScoreBlock& 
 constexpr std::array<BackwardInput, 4> kShapeOfGradient = {kQuery, kKey, kValue, kAttnMask};
 
 // Each sequence of a packed batch or a KV cache is a problem of its own, as
-// in the kernels (cpu/sequence_problem.h); otherwise the whole call is one.
+// in the kernels (common/sequence_problem.h); otherwise the whole call is one.
 struct Problem {
   AttentionParams params;
   int64_t batch0, q_begin, k_begin;  // where it starts in the tensors
@@ -58,7 +59,7 @@ std::vector<Problem> problems(const AttentionParams& p) {
   std::vector<Problem> result;
   for (int64_t s = 0; s < p.sequences; ++s) {
     const Sequence seq = sequence(p, s);
-    result.push_back(Problem{cpu::sequence_problem(p, s), seq.batch, seq.q_begin, seq.k_begin});
+    result.push_back(Problem{sequence_problem(p, s), seq.batch, seq.q_begin, seq.k_begin});
   }
   return result;
 }
