@@ -63,17 +63,11 @@ struct OnlineSoftmax {
   }
 };
 
-// P as the A operand of P·V: the accumulator blocks 2kk and 2kk + 1 of a
-// row pair, rounded to T, are the m16n8k16 A fragment of k-step kk.
+// P as the A operand of P·V, every k-step at once (tc::accumulators_as_a).
 template <typename T, int kSBlocks>
 __device__ __forceinline__ void to_a_operand(const float (&p)[kSBlocks][4], uint32_t (&a)[kSBlocks / 2][4]) {
 #pragma unroll
-  for (int kk = 0; kk < kSBlocks / 2; ++kk) {
-    a[kk][0] = tc::pack_pair<T>(p[2 * kk][0], p[2 * kk][1]);
-    a[kk][1] = tc::pack_pair<T>(p[2 * kk][2], p[2 * kk][3]);
-    a[kk][2] = tc::pack_pair<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    a[kk][3] = tc::pack_pair<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-  }
+  for (int kk = 0; kk < kSBlocks / 2; ++kk) tc::accumulators_as_a<T>(p, kk, a[kk]);
 }
 
 }  // namespace selfattn::cuda::hopper

@@ -32,6 +32,70 @@ struct BackwardShape {
   static_assert(kKVWarpsM * 16 == kBlockN, "each warp owns one 16-row tile of dK and dV");
 };
 
+// The warp-level products of the kernel's loop, as named steps. Results
+// are mma accumulators (warp_ops.cuh); `row0`/`col0` place the warp's
+// 16-row and column slices in the tiles.
+
+// S = Q·Kᵀ and dP = dO·Vᵀ for 16 query rows from row0 against the keys from col0.
+template <typename T, int kDim, typename QTile, typename KVTile, int kBlocks>
+__device__ __forceinline__ void scores_and_probability_grads(const QTile& q_tile, const QTile& do_tile,
+                                                             const KVTile& k_tile, const KVTile& v_tile, int row0,
+                                                             int col0, float (&s)[kBlocks][4],
+                                                             float (&dp)[kBlocks][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kDim / 16; ++kk) {
+    uint32_t a[4], a_do[4];
+    q_tile.load_a(a, row0, kk * 16);
+    do_tile.load_a(a_do, row0, kk * 16);
+#pragma unroll
+    for (int nb = 0; nb < kBlocks; nb += 2) {
+      uint32_t bk[4], bv[4];
+      k_tile.load_b_pair_of_transpose(bk, col0 + nb * 8, kk * 16);
+      v_tile.load_b_pair_of_transpose(bv, col0 + nb * 8, kk * 16);
+      mma_16x16x16<T>(s[nb], s[nb + 1], a, bk);
+      mma_16x16x16<T>(dp[nb], dp[nb + 1], a_do, bv);
+    }
+  }
+}
+
+// dV += (P∘Z)ᵀ·dO and dK += dSᵀ·Q for 16 keys from key0, columns from col0.
+template <typename T, int kBlockM, typename ScoreTile, typename QTile, int kBlocks>
+__device__ __forceinline__ void accumulate_key_grads(const ScoreTile& p_tile, const ScoreTile& ds_tile,
+                                                     const QTile& do_tile, const QTile& q_tile, int key0, int col0,
+                                                     float (&dv)[kBlocks][4], float (&dk)[kBlocks][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBlockM / 16; ++kk) {
+    uint32_t a_p[4], a_ds[4];
+    p_tile.load_a_of_transpose(a_p, key0, kk * 16);
+    ds_tile.load_a_of_transpose(a_ds, key0, kk * 16);
+#pragma unroll
+    for (int db = 0; db < kBlocks; db += 2) {
+      uint32_t b_do[4], b_q[4];
+      do_tile.load_b_pair(b_do, kk * 16, col0 + db * 8);
+      q_tile.load_b_pair(b_q, kk * 16, col0 + db * 8);
+      mma_16x16x16<T>(dv[db], dv[db + 1], a_p, b_do);
+      mma_16x16x16<T>(dk[db], dk[db + 1], a_ds, b_q);
+    }
+  }
+}
+
+// dQ = dS·K for 16 query rows from row0, columns from col0.
+template <typename T, int kBlockN, typename ScoreTile, typename KVTile, int kBlocks>
+__device__ __forceinline__ void query_grad_product(const ScoreTile& ds_tile, const KVTile& k_tile, int row0, int col0,
+                                                   float (&dq)[kBlocks][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    uint32_t a[4];
+    ds_tile.load_a(a, row0, kk * 16);
+#pragma unroll
+    for (int db = 0; db < kBlocks; db += 2) {
+      uint32_t bk[4];
+      k_tile.load_b_pair(bk, kk * 16, col0 + db * 8);
+      mma_16x16x16<T>(dq[db], dq[db + 1], a, bk);
+    }
+  }
+}
+
 template <typename T, int kDim, typename Shape, bool kGeneral>
 __global__ void __launch_bounds__(Shape::kThreads)
     backward_kernel(const AttentionBackwardParams bp, const DropoutSeed seed, const BackwardBuffers buffers) {
@@ -133,20 +197,7 @@ __global__ void __launch_bounds__(Shape::kThreads)
 
     // S = Q·Kᵀ and dP = dO·Vᵀ for this warp's 16 rows × kSCols columns.
     float s[kSCols / 8][4] = {}, dp[kSCols / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < kDim / 16; ++kk) {
-      uint32_t a[4], a_do[4];
-      q_tile.load_a(a, wm * 16, kk * 16);
-      do_tile.load_a(a_do, wm * 16, kk * 16);
-#pragma unroll
-      for (int nb = 0; nb < kSCols / 8; nb += 2) {
-        uint32_t bk[4], bv[4];
-        k_tile.load_b_pair_of_transpose(bk, wn * kSCols + nb * 8, kk * 16);
-        v_tile.load_b_pair_of_transpose(bv, wn * kSCols + nb * 8, kk * 16);
-        mma_16x16x16<T>(s[nb], s[nb + 1], a, bk);
-        mma_16x16x16<T>(dp[nb], dp[nb + 1], a_do, bv);
-      }
-    }
+    scores_and_probability_grads<T, kDim>(q_tile, do_tile, k_tile, v_tile, wm * 16, wn * kSCols, s, dp);
 
     // The two rows this thread holds: their logsumexp (log2 domain) and D.
     float lse_log2[2], delta[2];
@@ -199,35 +250,12 @@ __global__ void __launch_bounds__(Shape::kThreads)
     __syncthreads();
 
     // dV += (P∘Z)ᵀ·dO and dK += dSᵀ·Q for this warp's 16 keys × kKVCols columns.
-#pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) {
-      uint32_t a_p[4], a_ds[4];
-      p_tile.load_a_of_transpose(a_p, kvm * 16, kk * 16);
-      ds_tile.load_a_of_transpose(a_ds, kvm * 16, kk * 16);
-#pragma unroll
-      for (int db = 0; db < kKVCols / 8; db += 2) {
-        uint32_t b_do[4], b_q[4];
-        do_tile.load_b_pair(b_do, kk * 16, kvn * kKVCols + db * 8);
-        q_tile.load_b_pair(b_q, kk * 16, kvn * kKVCols + db * 8);
-        mma_16x16x16<T>(dv[db], dv[db + 1], a_p, b_do);
-        mma_16x16x16<T>(dk[db], dk[db + 1], a_ds, b_q);
-      }
-    }
+    accumulate_key_grads<T, kBlockM>(p_tile, ds_tile, do_tile, q_tile, kvm * 16, kvn * kKVCols, dv, dk);
 
     // dQ += dS·K for this warp's 16 rows × kQCols columns, into the float32 buffer.
     {
       float dq[kQCols / 8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        uint32_t a[4];
-        ds_tile.load_a(a, wm * 16, kk * 16);
-#pragma unroll
-        for (int db = 0; db < kQCols / 8; db += 2) {
-          uint32_t bk[4];
-          k_tile.load_b_pair(bk, kk * 16, wn * kQCols + db * 8);
-          mma_16x16x16<T>(dq[db], dq[db + 1], a, bk);
-        }
-      }
+      query_grad_product<T, kBlockN>(ds_tile, k_tile, wm * 16, wn * kQCols, dq);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int64_t i = row0 + wm * 16 + g + half * 8;

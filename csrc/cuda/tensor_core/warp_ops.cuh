@@ -104,4 +104,14 @@ __device__ __forceinline__ float quad_max(float x) {
   return x;
 }
 
+// Accumulator blocks 2kk and 2kk + 1 of a row pair, rounded to T: the
+// m16n8k16 A fragment of k-step kk (C's layout is A's).
+template <typename T, int kBlocks>
+__device__ __forceinline__ void accumulators_as_a(const float (&c)[kBlocks][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack_pair<T>(c[2 * kk][0], c[2 * kk][1]);
+  a[1] = pack_pair<T>(c[2 * kk][2], c[2 * kk][3]);
+  a[2] = pack_pair<T>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+  a[3] = pack_pair<T>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
 }  // namespace selfattn::cuda::tc
