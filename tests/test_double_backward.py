@@ -16,7 +16,7 @@ from torch.autograd import gradgradcheck
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import torch_selfattn
-from reference import pytorch_sdpa
+from helpers.reference import pytorch_sdpa
 
 ours = torch_selfattn.scaled_dot_product_attention
 INF = float("inf")
