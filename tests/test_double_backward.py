@@ -63,6 +63,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_gradgradcheck(case):
     kwargs = CASES[case]
@@ -76,6 +77,7 @@ def test_gradgradcheck(case):
     assert gradgradcheck(attention, (q, k, v), fast_mode=case != "plain")
 
 
+@pytest.mark.slow
 def test_gradgradcheck_float_mask():
     """A float mask that requires grad: its own second derivatives, and the
     cross terms with q, k and v; −inf entries and a fully hidden row."""
