@@ -30,6 +30,7 @@ def test_demo_trains_agrees_and_writes_both_pictures(tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_demo_exits_1_when_the_curves_disagree(tmp_path, capsys, monkeypatch):
     # PyTorch's run replaced by attention that ignores the keys: its losses must drift away.
     monkeypatch.setattr(demo, "PYTORCH_SDPA", lambda q, k, v, **kwargs: v.expand(q.shape[:-1] + v.shape[-1:]))
