@@ -276,8 +276,8 @@ def run_cuda(args):
                 print(f"{dtype} causal={causal}: error vs float64 {ours_err:.2e}, PyTorch's {pytorch_err:.2e} "
                       f"{'OK' if passed else 'TOO FAR'}")
         dist.destroy_process_group()
-    print("One GPU checks correctness only; scaling needs a machine with several GPUs (see README.md, "
-          "'Ring attention', for the expected scaling to 8 GPUs).")
+    print("One GPU checks correctness only; scaling needs a machine with several GPUs (see "
+          "docs/ring_attention.md for the expected scaling to 8 GPUs).")
     return 0 if ok else 1
 
 

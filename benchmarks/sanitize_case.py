@@ -14,7 +14,7 @@ racecheck). Lengths of 100 leave partial tiles at every edge:
 - fp16 and fp32 KV caches with an empty and a full sequence: both families
   with seqused_k.
 
-Then --fuzz N calls drawn by the fuzzer (tests/fuzz_cases.py, the same
+Then --fuzz N calls drawn by the fuzzer (tests/helpers/fuzz_cases.py, the same
 derandomised draws every run): every feature at once, dropout in a third of
 them, forward and backward through our kernels only (no reference runs, so
 that the sanitizer sees little besides our kernels).
@@ -80,7 +80,7 @@ def run_drawn_cases(n):
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from fuzz_cases import cases, fuzz_settings
+    from helpers.fuzz_cases import cases, fuzz_settings
 
     finite = []
 

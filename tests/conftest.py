@@ -1,8 +1,14 @@
-"""Makes the shared helpers in tests/reference.py importable as
-``from reference import ...`` whatever directory pytest is started from."""
-import os
-import sys
+"""Fixtures shared by the test files. The helpers they import live in
+tests/helpers/, importable through pytest's ``pythonpath`` setting
+(pyproject.toml)."""
+import pytest
 
-_TESTS = os.path.dirname(os.path.abspath(__file__))
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
+from helpers.cuda import DEVICES
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device(request):
+    """The device a test runs on: "cpu", then "cuda", which skips with the
+    reason where there is no GPU or the library lacks its CUDA kernels.
+    Module-scoped, so that hypothesis' tests may take it too."""
+    return request.param

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torch_selfattn.attention_maps as attention_maps
-from reference import assert_within_dtype_rule
+from helpers.reference import assert_within_dtype_rule
 from torch_selfattn import attention_weights, plot_attention
 
 
@@ -135,6 +135,7 @@ def test_bad_arguments(call, error, message):
         call(q, k)
 
 
+@pytest.mark.slow
 def test_one_head_at_8k_needs_no_map_of_every_head():
     """One head's causal map at L = S = 8192 is 256 MiB; all 8 heads' would be
     2 GiB. The peak resident set of a child process may grow by the result and

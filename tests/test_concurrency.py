@@ -5,7 +5,7 @@ of intra-op threads.
 
 (The extension's only statics are function-local constants, set once in a
 thread-safe initialiser: the dispatcher handles of the core ops
-(csrc/api/op_calls.cpp), and what the CPU offers and what the environment
+(csrc/api/core/op_calls.cpp), and what the CPU offers and what the environment
 asks for (csrc/cpu/bf16_matrix_units.cpp, tile_gemm.cpp,
 attention_backward.cpp). The dropout seed comes from PyTorch's generator,
 under its lock.)"""
@@ -15,7 +15,7 @@ import threading
 import pytest
 import torch
 
-from reference import check_against_reference, check_dropout_against_reference, dropout_multipliers, ours, run_attention
+from helpers.reference import check_against_reference, check_dropout_against_reference, dropout_multipliers, ours, run_attention
 
 THREADS = 8
 ROUNDS = 3
@@ -102,6 +102,7 @@ def intra_op_threads(n):
         torch.set_num_threads(was)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
 def test_dropout_seed_gives_bitwise_the_same_result_at_any_thread_count(dtype):
     # The same weights dropped, and the same bits: the tile products run MKL

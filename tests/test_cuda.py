@@ -1,4 +1,4 @@
-"""The CUDA kernels against the float64 reference (tests/reference.py):
+"""The CUDA kernels against the float64 reference (tests/helpers/reference.py):
 fp16 and bf16 on the tensor-core path over every head dim up to 256 (odd
 ones padded), the scalar path (fp32, fp64, head dims past 256), masks, GQA,
 causal with L ≠ S, scales, strided layouts, grids past 65535 blocks and
@@ -7,110 +7,14 @@ opcheck, devices) are in tests/test_cuda_runtime.py.
 
 Skipped, with the reason, where there is no GPU or the library was built
 without its CUDA kernels."""
-import os
-
 import pytest
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import torch_selfattn
-from reference import assert_within_dtype_rule, ours, poisoned_outputs, pytorch_sdpa, reference, run_attention
+from helpers.cuda import DEVICE, HALF_DTYPES, HALF_IDS, cuda_qkv, cuda_randn, make_mask, requires_cuda_kernels
+from helpers.reference import (RESULT_NAMES, assert_within_dtype_rule, check_against_reference, ours, poisoned_outputs,
+                               pytorch_results, reference, run_attention)
 
-# poisoned_outputs turns on deterministic mode, in which any cuBLAS call
-# raises unless cuBLAS is given a fixed workspace. The kernels call no cuBLAS
-# today; this keeps a future at::matmul in them from failing for that alone.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def cuda_kernels_missing():
-    """Why the CUDA tests cannot run here, or None when they can."""
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    if "CUDA" not in torch_selfattn.build_info()["backends"]:
-        return "torch_selfattn was built without its CUDA kernels (build_info()['backends'] lacks 'CUDA')"
-    return None
-
-
-requires_cuda_kernels = pytest.mark.skipif(cuda_kernels_missing() is not None, reason=str(cuda_kernels_missing()))
 pytestmark = requires_cuda_kernels
-
-DEVICE = "cuda"
-HALF_DTYPES = [torch.float16, torch.bfloat16]
-HALF_IDS = ["fp16", "bf16"]
-RESULT_NAMES = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
-
-
-def cuda_randn(shape, dtype, g, layout="contiguous", device=DEVICE, requires_grad=True):
-    """A random leaf on the device, drawn in float64 on the CPU (so that the
-    values do not depend on the GPU) and laid out as asked:
-    "contiguous"; "transposed", the (B, L, H, E) storage models pass, viewed
-    as (B, H, L, E); "sliced_aligned", a slice with a 16-byte storage offset
-    and padded rows (tensor-core path for fp16/bf16); "sliced_unaligned", the
-    same with a 6-byte offset (rows not 16-byte aligned)."""
-    shape = tuple(shape)
-    if layout == "transposed":
-        base = torch.randn(*shape[:-3], shape[-2], shape[-3], shape[-1], generator=g, dtype=torch.float64)
-        t = base.to(device, dtype).transpose(-3, -2)
-    elif layout.startswith("sliced"):
-        pad = 8 if layout == "sliced_aligned" else 3
-        base = torch.randn(*shape[:-1], shape[-1] + 2 * pad, generator=g, dtype=torch.float64)
-        t = base.to(device, dtype)[..., pad : pad + shape[-1]]
-    else:
-        t = torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
-    assert t.shape == shape
-    return t.detach().requires_grad_(requires_grad)
-
-
-def cuda_qkv(dtype, B=2, Hq=3, H=None, L=70, S=130, E=64, Ev=None, seed=0, layout="contiguous", device=DEVICE):
-    g = torch.Generator().manual_seed(seed)
-    H = Hq if H is None else H
-    Ev = E if Ev is None else Ev
-    return tuple(
-        cuda_randn(shape, dtype, g, layout=layout, device=device)
-        for shape in ((B, Hq, L, E), (B, H, S, E), (B, H, S, Ev))
-    )
-
-
-# The yardstick's backends. cuDNN is left out: it has read a float32 mask
-# given with fp16/bf16 inputs as if it were in their dtype, silently
-# (pytorch/pytorch#191612), and a yardstick must not be wrong.
-YARDSTICK_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
-def pytorch_results(q, k, v, attn_mask, grad_out, **kwargs):
-    """PyTorch's own SDPA in the inputs' dtype, the backend picked by its
-    dispatcher. PyTorch's math backend, in the same dtype, stands in where the
-    picked fused kernel raises (the efficient kernel refuses a float32 mask
-    with fp16/bf16 inputs) or gives NaN (on fully masked rows, which the math
-    backend defines as 0)."""
-    try:
-        with sdpa_kernel(YARDSTICK_BACKENDS):
-            results = run_attention(pytorch_sdpa, q, k, v, attn_mask, grad_out, **kwargs)
-        if not any(t.isnan().any() for t in results):
-            return results
-    except RuntimeError:
-        pass
-    with sdpa_kernel([SDPBackend.MATH]):
-        return run_attention(pytorch_sdpa, q, k, v, attn_mask, grad_out, **kwargs)
-
-
-def check_on_cuda(q, k, v, attn_mask=None, **kwargs):
-    """tests/reference.py's check_against_reference for device tensors: ours
-    (outputs poisoned with NaN), PyTorch's SDPA on the same device tensors and
-    the float64 reference on the device, for one random output gradient;
-    asserts the dtype rule for the output and every gradient. Returns ours."""
-    out_shape = (*q.shape[:-1], v.shape[-1])
-    grad_out = torch.randn(out_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    grad_out = grad_out.to(q.device, q.dtype)
-    with poisoned_outputs():
-        got = run_attention(ours, q, k, v, attn_mask, grad_out, **kwargs)
-    pytorch = pytorch_results(q, k, v, attn_mask, grad_out, **kwargs)
-    expected = reference(q, k, v, attn_mask, grad_out, **kwargs)
-    for name, a, b, c in zip(RESULT_NAMES, got, pytorch, expected):
-        assert a.device == q.device, f"{name} is on {a.device}, the inputs on {q.device}"
-        assert_within_dtype_rule(name, a, b, c)
-    return got
-
 
 # --- tensor-core path: every head dim, sparse over lengths and causal ---
 
@@ -136,21 +40,21 @@ def head_dim_cases():
 def test_head_dims_and_lengths(dtype, E, L, S, causal):
     B, H = (1, 2) if L * S > 500_000 else (2, 3)
     q, k, v = cuda_qkv(dtype, B=B, Hq=H, L=L, S=S, E=E, seed=E * 1000 + L)
-    check_on_cuda(q, k, v, is_causal=causal)
+    check_against_reference(q, k, v, is_causal=causal)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
 @pytest.mark.parametrize("E,Ev", [(64, 128), (128, 64), (40, 72), (256, 32), (32, 256)])
 def test_value_dim_differs(dtype, E, Ev):
     q, k, v = cuda_qkv(dtype, L=100, S=150, E=E, Ev=Ev, seed=E + Ev)
-    check_on_cuda(q, k, v)
+    check_against_reference(q, k, v)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
 @pytest.mark.parametrize("E,Ev", [(288, 64), (64, 320)], ids=["E288", "Ev320"])
 def test_head_dims_past_256_take_the_scalar_path(dtype, E, Ev):
     q, k, v = cuda_qkv(dtype, Hq=2, L=90, S=75, E=E, Ev=Ev, seed=E)
-    check_on_cuda(q, k, v, is_causal=True)
+    check_against_reference(q, k, v, is_causal=True)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
@@ -158,7 +62,7 @@ def test_head_dims_past_256_take_the_scalar_path(dtype, E, Ev):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_grouped_and_multi_query(dtype, H, causal):
     q, k, v = cuda_qkv(dtype, Hq=8, H=H, L=150, S=200, E=64 if causal else 128, seed=H + 10 * causal)
-    check_on_cuda(q, k, v, is_causal=causal, enable_gqa=True)
+    check_against_reference(q, k, v, is_causal=causal, enable_gqa=True)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
@@ -167,14 +71,14 @@ def test_causal_top_left_with_lengths_that_differ(dtype, L, S):
     # Top-left aligned: with L > S the rows past S see every key; with L < S
     # the last keys are seen by no row (their dK and dV are 0).
     q, k, v = cuda_qkv(dtype, L=L, S=S, E=64, seed=L + S)
-    check_on_cuda(q, k, v, is_causal=True)
+    check_against_reference(q, k, v, is_causal=True)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
 @pytest.mark.parametrize("scale", [0.3, 2.0, -0.7])
 def test_scale(dtype, scale):
     q, k, v = cuda_qkv(dtype, L=65, S=140, E=96, seed=3)
-    check_on_cuda(q, k, v, scale=scale)
+    check_against_reference(q, k, v, scale=scale)
 
 
 # --- masks ---
@@ -182,16 +86,6 @@ def test_scale(dtype, scale):
 MASK_B, MASK_H, MASK_L, MASK_S = 2, 3, 70, 130
 MASK_SHAPES = [(MASK_L, MASK_S), (1, 1, MASK_L, MASK_S), (MASK_B, 1, 1, MASK_S), (1, MASK_H, MASK_L, 1)]
 MASK_KINDS = ["bool", "query_dtype_grad", "float32"]
-
-
-def make_mask(kind, shape, dtype, g):
-    if kind == "bool":
-        mask = torch.rand(shape, generator=g) > 0.3
-        mask[..., 0] = True  # every row keeps a key; fully masked rows have their own test
-        return mask.to(DEVICE)
-    mask_dtype = torch.float32 if kind == "float32" else dtype
-    mask = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(DEVICE, mask_dtype)
-    return mask.requires_grad_(kind.endswith("_grad"))
 
 
 def mask_cases():
@@ -209,7 +103,7 @@ def mask_cases():
 def test_masks(dtype, kind, shape):
     q, k, v = cuda_qkv(dtype, B=MASK_B, Hq=MASK_H, L=MASK_L, S=MASK_S, E=64, Ev=40, seed=len(shape))
     mask = make_mask(kind, shape, dtype, torch.Generator().manual_seed(sum(shape)))
-    got = check_on_cuda(q, k, v, attn_mask=mask)
+    got = check_against_reference(q, k, v, attn_mask=mask)
     if mask.requires_grad:
         assert len(got) == 5 and got[4].shape == mask.shape
 
@@ -223,7 +117,7 @@ def test_fully_masked_rows_give_zero_output_and_query_gradient(dtype, mask_kind)
     keep = keep.to(DEVICE)
     mask = keep if mask_kind == "bool" else torch.zeros(keep.shape, dtype=dtype, device=DEVICE).masked_fill(
         ~keep, float("-inf"))
-    out, dq, dk, dv = check_on_cuda(q, k, v, attn_mask=mask)
+    out, dq, dk, dv = check_against_reference(q, k, v, attn_mask=mask)
     assert (out[:, :, [3, 70]] == 0).all()
     assert (dq[:, :, [3, 70]] == 0).all()
 
@@ -238,7 +132,7 @@ def test_non_contiguous(dtype, layout, causal):
     assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
     if layout.startswith("sliced"):
         assert q.storage_offset() > 0
-    check_on_cuda(q, k, v, is_causal=causal)
+    check_against_reference(q, k, v, is_causal=causal)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
@@ -251,7 +145,7 @@ def test_expanded_key_value(dtype, kv_base):
     v_base = cuda_randn((*kv_base, 80, 64), dtype, g)
     k, v = k_base.expand(3, 4, 80, 64), v_base.expand(3, 4, 80, 64)
     assert 0 in k.stride()
-    check_on_cuda(q, k, v)
+    check_against_reference(q, k, v)
 
 
 # --- scalar path: fp32 and fp64 ---
@@ -278,7 +172,7 @@ def test_float32_and_float64(dtype, case):
     if mask_kind is not None:
         kind = "bool" if mask_kind == "bool" else "query_dtype_grad"
         mask = make_mask(kind, (1, 1, shape_args["L"], shape_args["S"]), dtype, torch.Generator().manual_seed(1))
-    check_on_cuda(q, k, v, attn_mask=mask, **case)
+    check_against_reference(q, k, v, attn_mask=mask, **case)
 
 
 # --- grids with more than 65535 (batch, head) pairs ---

@@ -5,144 +5,33 @@ ops (an explicit band and bias, per-sequence slices for packed batches and
 caches), forward and backward, in fp16 and bf16 (tensor-core kernels) and
 float32 (scalar kernels), with lengths that cross the tensor-core tiles (64
 query rows and 64 keys; 32 keys at head dim 256) and empty sequences; the
-dtype rule is tests/reference.py's, against PyTorch's SDPA with the same band
-and bias as an explicit mask (its math ops where it has no softcap). Dropout
+reference and the dtype rule are those of the CPU tests
+(tests/helpers/feature_reference.py): PyTorch's SDPA with the same band and
+bias as an explicit mask (its math ops where it has no softcap). Dropout
 with these options draws the very mask the CPU kernels draw for the same
 rng_state, and the forward the backward's; gradcheck in float64 on the device.
 
 Skipped, with the reason, where there is no GPU or the library was built
-without its CUDA kernels (tests/test_cuda.py)."""
+without its CUDA kernels (tests/helpers/cuda.py)."""
 import pytest
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import torch_selfattn
-from reference import as_float64, assert_within_dtype_rule, poisoned_outputs, pytorch_sdpa
-from test_cuda import YARDSTICK_BACKENDS, requires_cuda_kernels
+from helpers.cuda import DEVICE, cuda_randn, requires_cuda_kernels
+from helpers.feature_reference import (check_features, each_cached_sequence, explicit_attention,
+                                       pytorch_with_explicit_rules)
+from helpers.packed import Packed, offsets
+from helpers.reference import poisoned_outputs
 
 pytestmark = requires_cuda_kernels
 ops = torch.ops.selfattn
 
-DEVICE = "cuda"
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 DTYPE_IDS = ["fp16", "bf16", "fp32"]
 
 
 def randn(shape, dtype, g, requires_grad=True):
-    """A random leaf on DEVICE, drawn in float64 on the CPU."""
-    t = torch.randn(*shape, generator=g, dtype=torch.float64).to(DEVICE, dtype)
-    return t.requires_grad_(requires_grad)
-
-
-# --- the reference: the rules written out with PyTorch ops ---
-
-def visible_and_bias(L, S, device, is_causal=False, window=None, causal_alignment="top_left", alibi_slopes=None):
-    """The (L, S) keys each query row may see, and the ALiBi bias
-    −slope·|i + shift − j| (0 without slopes), from the rules as the
-    documentation states them (torch_selfattn.functional)."""
-    i = torch.arange(L, device=device)[:, None]
-    j = torch.arange(S, device=device)[None, :]
-    d = i + (S - L if causal_alignment == "bottom_right" else 0) - j
-    visible = torch.ones(L, S, dtype=torch.bool, device=device)
-    if is_causal:
-        visible &= d >= 0
-    if window is not None:
-        left, right = window
-        if left >= 0:
-            visible &= d <= left
-        if right >= 0:
-            visible &= -d <= right
-    bias = 0.0 if alibi_slopes is None else -alibi_slopes[..., None, None] * d.abs()
-    return visible, bias
-
-
-def math_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, window=None,
-                   causal_alignment="top_left", alibi_slopes=None, softcap=None):
-    """Attention with every rule, in PyTorch ops in the inputs' dtype. Rows
-    that see no key give 0 (and no NaN in the gradients)."""
-    if enable_gqa:
-        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    L, S = q.shape[-2], k.shape[-2]
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    visible, bias = visible_and_bias(L, S, q.device, is_causal, window, causal_alignment, alibi_slopes)
-    scores = (q @ k.transpose(-2, -1)) * scale
-    if softcap:
-        scores = softcap * torch.tanh(scores / softcap)
-    scores = scores + (bias.to(q.dtype) if torch.is_tensor(bias) else bias)
-    keep = visible.expand(scores.shape)
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            keep = keep & attn_mask
-        else:
-            scores = scores + attn_mask
-    seen = keep.any(-1, keepdim=True)
-    scores = scores.masked_fill(~keep, float("-inf")).masked_fill(~seen, 0.0)
-    return (torch.softmax(scores, dim=-1) * seen) @ v
-
-
-def pytorch_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, window=None,
-                      causal_alignment="top_left", alibi_slopes=None, softcap=None):
-    """PyTorch's own attention in the inputs' dtype, the yardstick of the
-    dtype rule: its SDPA (the backend its dispatcher picks) with the band and
-    the bias as an explicit mask; its math ops where it has no equivalent
-    (softcap), where its kernels refuse the call (empty sequences) or give NaN
-    (rows that see no key)."""
-    def math():
-        return math_attention(q, k, v, attn_mask, is_causal, scale, enable_gqa, window, causal_alignment,
-                              alibi_slopes, softcap)
-
-    L, S = q.shape[-2], k.shape[-2]
-    if softcap or L == 0 or S == 0:
-        return math()
-    visible, bias = visible_and_bias(L, S, q.device, is_causal, window, causal_alignment, alibi_slopes)
-    explicit = torch.zeros(L, S, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf")) + bias
-    if attn_mask is not None:
-        explicit = explicit.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
-            else explicit + attn_mask
-    try:
-        with sdpa_kernel(YARDSTICK_BACKENDS):
-            out = pytorch_sdpa(q, k, v, attn_mask=explicit.to(q.dtype), scale=scale, enable_gqa=enable_gqa)
-    except RuntimeError:
-        return math()
-    return math() if out.isnan().any() else out
-
-
-def outputs_and_grads(fn, leaves, grad_out, *args, **kwargs):
-    out = fn(*leaves, *args, **kwargs)
-    return [out, *torch.autograd.grad(out, [t for t in leaves if t.requires_grad], grad_out)]
-
-
-RESULT_NAMES = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
-
-
-def check_results(ours_fn, yardstick_fn, leaves, grad_seed=0, **kwargs):
-    """ours_fn (outputs poisoned with NaN), yardstick_fn in the inputs' dtype
-    and yardstick_fn on float64 copies, for one random output gradient: the
-    dtype rule for the output and the gradient of every leaf. Returns ours."""
-    with torch.no_grad():
-        shape = ours_fn(*[t.detach() for t in leaves], **kwargs).shape
-    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
-    grad_out = grad_out.to(DEVICE, leaves[0].dtype)
-    with poisoned_outputs():
-        got = outputs_and_grads(ours_fn, leaves, grad_out, **kwargs)
-    pytorch = outputs_and_grads(yardstick_fn, leaves, grad_out, **kwargs)
-    double_kwargs = {name: as_float64(value) if torch.is_tensor(value) else value for name, value in kwargs.items()}
-    expected = outputs_and_grads(yardstick_fn, [as_float64(t) for t in leaves], grad_out.double(), **double_kwargs)
-    for name, a, b, c in zip(RESULT_NAMES, got, pytorch, expected):
-        assert a.device.type == torch.device(DEVICE).type, f"{name} is on {a.device}"
-        assert_within_dtype_rule(name, a, b, c)
-    return got
-
-
-def ours_sdpa(q, k, v, attn_mask=None, **kwargs):
-    return torch_selfattn.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kwargs)
-
-
-def reference_sdpa(q, k, v, attn_mask=None, **kwargs):
-    # The reference in float64 is the math one; in the dtype, PyTorch's SDPA.
-    fn = math_attention if q.dtype == torch.float64 else pytorch_attention
-    return fn(q, k, v, attn_mask, **kwargs)
+    return cuda_randn(shape, dtype, g, device=DEVICE, requires_grad=requires_grad)
 
 
 def slopes(heads, batch=None, seed=0):
@@ -193,8 +82,8 @@ def test_score_rules(dtype, case):
     g = torch.Generator().manual_seed(L * S)
     B, Hq = 2, 4
     # A larger scale than 1/sqrt(E) spreads the scores, so that softcap bites.
-    leaves = [randn((B, Hq, L, 64), dtype, g), randn((B, Hq, S, 64), dtype, g), randn((B, Hq, S, 48), dtype, g)]
-    check_results(ours_sdpa, reference_sdpa, leaves, scale=0.3, **rule_options(options, B, Hq))
+    q, k, v = randn((B, Hq, L, 64), dtype, g), randn((B, Hq, S, 64), dtype, g), randn((B, Hq, S, 48), dtype, g)
+    check_features(q, k, v, scale=0.3, **rule_options(options, B, Hq))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -203,9 +92,9 @@ def test_score_rules_at_every_tile_shape(dtype, E):
     """Head dims of every tensor-core instantiation (256: 32-key tiles),
     with GQA, windows, ALiBi and softcap together."""
     g = torch.Generator().manual_seed(E)
-    leaves = [randn((1, 4, 140, E), dtype, g), randn((1, 2, 230, E), dtype, g), randn((1, 2, 230, E), dtype, g)]
-    check_results(ours_sdpa, reference_sdpa, leaves, enable_gqa=True, window=(45, 17),
-                  causal_alignment="bottom_right", alibi_slopes=slopes(4), softcap=4.0)
+    q, k, v = randn((1, 4, 140, E), dtype, g), randn((1, 2, 230, E), dtype, g), randn((1, 2, 230, E), dtype, g)
+    check_features(q, k, v, enable_gqa=True, window=(45, 17), causal_alignment="bottom_right",
+                   alibi_slopes=slopes(4), softcap=4.0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -213,10 +102,9 @@ def test_softcap_with_a_float_mask_gradient(dtype):
     """The mask is added after the softcap: its gradient is dS, while Q and K
     get dS times the softcap's derivative."""
     g = torch.Generator().manual_seed(3)
-    leaves = [randn((2, 3, 90, 64), dtype, g), randn((2, 3, 150, 64), dtype, g), randn((2, 3, 150, 40), dtype, g),
-              randn((1, 3, 90, 150), dtype, g)]
-    got = check_results(ours_sdpa, reference_sdpa, leaves, scale=0.4, softcap=2.5, window=(30, 30),
-                        alibi_slopes=slopes(3))
+    q, k, v = randn((2, 3, 90, 64), dtype, g), randn((2, 3, 150, 64), dtype, g), randn((2, 3, 150, 40), dtype, g)
+    mask = randn((1, 3, 90, 150), dtype, g)
+    got = check_features(q, k, v, mask, scale=0.4, softcap=2.5, window=(30, 30), alibi_slopes=slopes(3))
     assert got[4].shape == (1, 3, 90, 150)
 
 
@@ -227,8 +115,7 @@ def test_rows_that_see_no_key(dtype):
     g = torch.Generator().manual_seed(4)
     L, S = 150, 40
     q, k, v = randn((1, 2, L, 64), dtype, g), randn((1, 2, S, 64), dtype, g), randn((1, 2, S, 64), dtype, g)
-    out, dq, _, _ = check_results(ours_sdpa, reference_sdpa, [q, k, v], is_causal=True,
-                                  causal_alignment="bottom_right")
+    out, dq, _, _ = check_features(q, k, v, is_causal=True, causal_alignment="bottom_right")
     assert (out[:, :, : L - S] == 0).all() and (dq[:, :, : L - S] == 0).all()
     _, logsumexp, _ = ops.attention_forward(q.detach(), k.detach(), v.detach(), None, 0.0, True, 0.125,
                                             bottom_right=True)
@@ -242,27 +129,6 @@ def test_rows_that_see_no_key(dtype):
 # lengths on both sides of the 64-row and 64-key tiles.
 VARLEN_Q = [70, 0, 1, 130, 64, 5, 65]
 VARLEN_K = [90, 40, 0, 129, 64, 200, 65]
-
-
-def offsets(lengths):
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
-
-
-def ours_varlen(q, k, v, cu_q=None, cu_k=None, max_q=None, max_k=None, **kwargs):
-    return torch_selfattn.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
-
-
-def reference_varlen(q, k, v, cu_q=None, cu_k=None, max_q=None, max_k=None, alibi_slopes=None, **kwargs):
-    """Each sequence on its own slices, through reference_sdpa."""
-    outs = []
-    for s in range(len(cu_q) - 1):
-        qs = q[cu_q[s]:cu_q[s + 1]].transpose(0, 1)
-        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1)
-        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1)
-        seq_slopes = None if alibi_slopes is None else alibi_slopes[s] if alibi_slopes.dim() == 2 else alibi_slopes
-        outs.append(reference_sdpa(qs, ks, vs, alibi_slopes=seq_slopes, enable_gqa=True, **kwargs).transpose(0, 1))
-    return torch.cat(outs)
-
 
 VARLEN_CASES = {
     "plain": {},
@@ -281,37 +147,18 @@ VARLEN_CASES = {
 def test_varlen(dtype, case, slack):
     """slack: max_seqlen_q/k past the longest sequence, whose extra blocks
     must write nothing."""
-    g = torch.Generator().manual_seed(len(case))
-    Hq, H = 4, 2
-    leaves = [randn((sum(VARLEN_Q), Hq, 64), dtype, g), randn((sum(VARLEN_K), H, 64), dtype, g),
-              randn((sum(VARLEN_K), H, 32), dtype, g)]
+    batch = Packed(VARLEN_Q, VARLEN_K, Hq=4, H=2, E=64, Ev=32, dtype=dtype, seed=len(case), slack=slack,
+                   device=DEVICE)
     options = dict(VARLEN_CASES[case])
     kind = options.pop("alibi", None)
     if kind is not None:
-        options["alibi_slopes"] = slopes(Hq, batch=len(VARLEN_Q) if kind == "per_sequence" else None)
-    cu_q, cu_k = offsets(VARLEN_Q), offsets(VARLEN_K)
-
-    def ours(q, k, v, **kw):
-        return ours_varlen(q, k, v, cu_q, cu_k, max(VARLEN_Q) + slack, max(VARLEN_K) + slack, **kw)
-
-    def reference(q, k, v, **kw):
-        return reference_varlen(q, k, v, cu_q.tolist(), cu_k.tolist(), **kw)
-
-    check_results(ours, reference, leaves, scale=0.2, **options)
+        options["alibi_slopes"] = slopes(4, batch=len(VARLEN_Q) if kind == "per_sequence" else None)
+    batch.check(scale=0.2, **options)
 
 
 # --- KV caches ---
 
 CACHE_USED = [0, 1, 63, 64, 65, 200, 201]  # of a cache of 201 keys: empty, one key, the tile edges, full
-
-
-def reference_cache(q, key_cache, value_cache, used=None, alibi_slopes=None, **kwargs):
-    outs = []
-    for b, n in enumerate(used):
-        seq_slopes = None if alibi_slopes is None else alibi_slopes
-        outs.append(reference_sdpa(q[b], key_cache[b, :, :n], value_cache[b, :, :n], alibi_slopes=seq_slopes,
-                                   causal_alignment="bottom_right", enable_gqa=True, **kwargs))
-    return torch.stack(outs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -323,19 +170,20 @@ def test_kv_cache(dtype, L, options):
     """Gradients too: keys of the cache past what a sequence uses get 0."""
     g = torch.Generator().manual_seed(L)
     B, Hq, H = len(CACHE_USED), 4, 1
-    leaves = [randn((B, Hq, L, 64), dtype, g), randn((B, H, 201, 64), dtype, g), randn((B, H, 201, 64), dtype, g)]
+    query, key_cache, value_cache = (randn((B, Hq, L, 64), dtype, g), randn((B, H, 201, 64), dtype, g),
+                                     randn((B, H, 201, 64), dtype, g))
     options = dict(options)
     if options.pop("alibi", None):
         options["alibi_slopes"] = slopes(Hq)
     used = torch.tensor(CACHE_USED, dtype=torch.int32, device=DEVICE)
 
-    def ours(q, key_cache, value_cache, **kw):
-        return torch_selfattn.kv_cache_attention(q, key_cache, value_cache, used, **kw)
+    def ours(query, key_cache, value_cache, attn_mask=None, **kw):
+        return torch_selfattn.kv_cache_attention(query, key_cache, value_cache, used, **kw)
 
-    def reference(q, key_cache, value_cache, **kw):
-        return reference_cache(q, key_cache, value_cache, CACHE_USED, **kw)
-
-    _, _, grad_key, grad_value = check_results(ours, reference, leaves, scale=0.2, **options)
+    _, _, grad_key, grad_value = check_features(query, key_cache, value_cache, ours_fn=ours,
+                                                pytorch_fn=each_cached_sequence(pytorch_with_explicit_rules, CACHE_USED),
+                                                reference_fn=each_cached_sequence(explicit_attention, CACHE_USED),
+                                                scale=0.2, **options)
     for b, n in enumerate(CACHE_USED):
         assert (grad_key[b, :, n:] == 0).all() and (grad_value[b, :, n:] == 0).all()
 
@@ -351,7 +199,7 @@ def test_packed_sequences_with_seqused_k(dtype):
     k = randn((1, 2, sum(lengths_k), 64), dtype, g, requires_grad=False)
     v = randn((1, 2, sum(lengths_k), 64), dtype, g, requires_grad=False)
     grad_out = randn((1, 2, sum(lengths_q), 64), dtype, g, requires_grad=False)
-    options = dict(cu_seqlens_q=offsets(lengths_q), cu_seqlens_k=offsets(lengths_k),
+    options = dict(cu_seqlens_q=offsets(lengths_q, DEVICE), cu_seqlens_k=offsets(lengths_k, DEVICE),
                    seqused_k=torch.tensor(used, dtype=torch.int32, device=DEVICE), max_seqlen_q=max(lengths_q),
                    max_seqlen_k=max(lengths_k), bottom_right=True, window_left=40, window_right=-1)
     results = {}
@@ -370,7 +218,7 @@ def test_packed_sequences_with_seqused_k(dtype):
         magnitude = max(1.0, b[b.isfinite()].abs().max().item())
         torch.testing.assert_close(a.cpu().float(), b.float(), rtol=tolerance, atol=tolerance * magnitude, msg=name)
     grad_key = results[DEVICE][3]
-    starts = offsets(lengths_k).tolist()
+    starts = offsets(lengths_k, DEVICE).tolist()
     for s, n in enumerate(used):
         assert (grad_key[:, :, starts[s] + n: starts[s + 1]] == 0).all()
 
@@ -399,7 +247,7 @@ def test_dropout_draws_the_cpu_mask(dtype, case):
     g = torch.Generator().manual_seed(10)
     if case == "varlen":
         lengths_q, lengths_k = [50, 0, 70, 1, 65], [64, 20, 0, 100, 65]
-        options = dict(cu_seqlens_q=offsets(lengths_q), cu_seqlens_k=offsets(lengths_k),
+        options = dict(cu_seqlens_q=offsets(lengths_q, DEVICE), cu_seqlens_k=offsets(lengths_k, DEVICE),
                        max_seqlen_q=max(lengths_q) + 3, max_seqlen_k=max(lengths_k))
         B, L, S = 1, sum(lengths_q), sum(lengths_k)
     elif case == "kv_cache":
@@ -462,7 +310,7 @@ def test_gradcheck_varlen():
     g = torch.Generator().manual_seed(21)
     lengths_q, lengths_k = [3, 0, 5], [4, 2, 6]
     inputs = [randn(shape, torch.float64, g) for shape in ((8, 2, 4), (12, 1, 4), (12, 1, 3))]
-    cu_q, cu_k = offsets(lengths_q), offsets(lengths_k)
+    cu_q, cu_k = offsets(lengths_q, DEVICE), offsets(lengths_k, DEVICE)
 
     def attention(q, k, v):
         return torch_selfattn.varlen_attention(q, k, v, cu_q, cu_k, 5, 6, is_causal=True, window=(2, 0),

@@ -1,5 +1,5 @@
 """The Hopper forward (csrc/cuda/hopper/: TMA, wgmma, warp specialisation)
-against the float64 reference (tests/reference.py's rule), on a compute
+against the float64 reference (tests/helpers/reference.py's rule), on a compute
 capability 9.0 device. The path is opt-in until it has been verified on an
 H100: each test here switches it on with TORCH_SELFATTN_HOPPER=1, which the
 library reads at every call.
@@ -19,18 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from reference import assert_within_dtype_rule, ours, poisoned_outputs, pytorch_sdpa
-from test_cuda import (
-    DEVICE,
-    HALF_DTYPES,
-    HALF_IDS,
-    YARDSTICK_BACKENDS,
-    check_on_cuda,
-    cuda_kernels_missing,
-    cuda_qkv,
-    make_mask,
-)
-from test_cuda_runtime import capture
+from helpers.cuda import DEVICE, HALF_DTYPES, HALF_IDS, capture, cuda_kernels_missing, cuda_qkv, make_mask
+from helpers.reference import (YARDSTICK_BACKENDS, assert_within_dtype_rule, check_against_reference, ours,
+                               poisoned_outputs, pytorch_sdpa)
 from torch_selfattn.info import compiled_cuda_archs
 
 SWITCH = "TORCH_SELFATTN_HOPPER"
@@ -79,9 +70,9 @@ def forward_path(fn):
 
 
 def check_path_and_accuracy(expected_path, q, k, v, attn_mask=None, **kwargs):
-    """check_on_cuda (output and every gradient by the dtype rule; outputs
+    """check_against_reference (output and every gradient by the dtype rule; outputs
     poisoned), asserting that the forward ran on expected_path."""
-    got, path = forward_path(lambda: check_on_cuda(q, k, v, attn_mask=attn_mask, **kwargs))
+    got, path = forward_path(lambda: check_against_reference(q, k, v, attn_mask=attn_mask, **kwargs))
     assert path == expected_path, f"the forward ran on the {path} kernels, expected {expected_path}"
     return got
 

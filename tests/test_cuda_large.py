@@ -12,8 +12,9 @@ them all)."""
 import pytest
 import torch
 
-from reference import assert_within_dtype_rule, ours, poisoned_outputs, reference, run_attention
-from test_cuda import DEVICE, RESULT_NAMES, pytorch_results, requires_cuda_kernels
+from helpers.cuda import DEVICE, requires_cuda_kernels
+from helpers.reference import (RESULT_NAMES, assert_within_dtype_rule, ours, poisoned_outputs, pytorch_results,
+                               reference, run_attention)
 
 pytestmark = requires_cuda_kernels
 
@@ -56,6 +57,7 @@ def check_slice(results, q, k, v, grad_out, dim, start, size, names):
             assert_within_dtype_rule(f"{name}[{start}:{start + size}]", got.narrow(dim, start, size), b, c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_query_side_tensors_past_2_31_elements(dtype):
     E, S = 64, 64
@@ -83,6 +85,7 @@ def test_query_side_tensors_past_2_31_elements(dtype):
         assert error <= tolerance, f"{name}: error {error:.3g} against float64, bound {tolerance:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_key_side_tensors_past_2_31_elements(dtype):
     L, S, E = 16, 1024, 64

@@ -19,6 +19,7 @@ TINY = ["--steps", "6", "--layers", "1", "--heads", "2", "--embed-dim", "32", "-
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_demo_trains_agrees_and_writes_both_pictures(tmp_path, capsys):
     status = demo.main(TINY + ["--out-dir", str(tmp_path)])
     out = capsys.readouterr().out
@@ -29,6 +30,7 @@ def test_demo_trains_agrees_and_writes_both_pictures(tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_demo_exits_1_when_the_curves_disagree(tmp_path, capsys, monkeypatch):
     # PyTorch's run replaced by attention that ignores the keys: its losses must drift away.
     monkeypatch.setattr(demo, "PYTORCH_SDPA", lambda q, k, v, **kwargs: v.expand(q.shape[:-1] + v.shape[-1:]))
@@ -65,6 +67,7 @@ def torch_selfattn_backends():
     return torch_selfattn.build_info()["backends"]
 
 
+@pytest.mark.slow
 def test_info_prints_versions_isa_kernels_and_cuda_archs():
     result = subprocess.run([sys.executable, "-m", "torch_selfattn", "info"], capture_output=True, text=True,
                             timeout=120)

@@ -16,7 +16,7 @@ from torch.autograd import gradgradcheck
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import torch_selfattn
-from reference import pytorch_sdpa
+from helpers.reference import pytorch_sdpa
 
 ours = torch_selfattn.scaled_dot_product_attention
 INF = float("inf")
@@ -63,6 +63,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_gradgradcheck(case):
     kwargs = CASES[case]
@@ -76,6 +77,7 @@ def test_gradgradcheck(case):
     assert gradgradcheck(attention, (q, k, v), fast_mode=case != "plain")
 
 
+@pytest.mark.slow
 def test_gradgradcheck_float_mask():
     """A float mask that requires grad: its own second derivatives, and the
     cross terms with q, k and v; −inf entries and a fully hidden row."""

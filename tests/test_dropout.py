@@ -1,6 +1,7 @@
 """Dropout: drawn from PyTorch's default generator, applied to the attention
 probabilities with the 1/(1-p) scaling, and regenerated (not stored) by the
-backward.
+backward. The tests that take the `device` fixture run on CUDA too; the
+CUDA-only ones are in tests/test_cuda_runtime.py.
 
 The mask itself is read back through the op (reference.dropout_multipliers):
 with zero queries and value = identity the output row i is Z[i, :] / S."""
@@ -9,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
-from reference import check_dropout_against_reference, dropout_multipliers, ours, pytorch_sdpa
+from helpers.reference import check_dropout_against_reference, dropout_multipliers, ours, pytorch_sdpa
 
 
-def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0):
+def qk(B=2, Hq=4, H=4, L=48, S=64, E=16, dtype=torch.float64, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, Hq, L, E, generator=g, dtype=torch.float64).to(dtype)
-    k = torch.randn(B, H, S, E, generator=g, dtype=torch.float64).to(dtype)
+    q = torch.randn(B, Hq, L, E, generator=g, dtype=torch.float64).to(device, dtype)
+    k = torch.randn(B, H, S, E, generator=g, dtype=torch.float64).to(device, dtype)
     return q, k
 
 
@@ -31,9 +32,9 @@ def test_kept_fraction_and_scaling(p):
     torch.testing.assert_close(z[kept], torch.full_like(z[kept], 1 / (1 - p)), rtol=1e-12, atol=0)
 
 
-def test_mask_varies_over_every_index():
+def test_mask_varies_over_every_index(device):
     # No two heads, batches or rows share a mask pattern.
-    q, k = qk(seed=2)
+    q, k = qk(seed=2, device=device)
     kept = dropout_multipliers(q, k, 0.5, seed=4) != 0
     rows = kept.reshape(-1, kept.shape[-1])
     assert torch.unique(rows, dim=0).shape[0] == rows.shape[0]
@@ -48,15 +49,15 @@ def test_p_zero_and_one():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", ["plain", "causal", "gqa", "float_mask"])
-def test_output_and_gradients_match_reference_with_the_same_mask(dtype, case):
+def test_output_and_gradients_match_reference_with_the_same_mask(device, dtype, case):
     """With the multipliers Z read back, the reference is the float64 math
     (softmax(QKᵀ·scale + mask) ∘ Z)·V, differentiated by autograd; PyTorch's
     error in the dtype is measured on the same formula."""
     kwargs = {"causal": {"is_causal": True}, "gqa": {"enable_gqa": True}}.get(case, {})
-    q, k = qk(Hq=4, H=2 if case == "gqa" else 4, dtype=dtype, seed=5)
+    q, k = qk(Hq=4, H=2 if case == "gqa" else 4, dtype=dtype, seed=5, device=device)
     g = torch.Generator().manual_seed(6)
-    v = torch.randn(*k.shape[:-1], 24, generator=g, dtype=torch.float64).to(dtype)
-    mask = torch.randn(48, 64, generator=g, dtype=torch.float64).to(dtype) if case == "float_mask" else None
+    v = torch.randn(*k.shape[:-1], 24, generator=g, dtype=torch.float64).to(device, dtype)
+    mask = torch.randn(48, 64, generator=g, dtype=torch.float64).to(device, dtype) if case == "float_mask" else None
     leaves = [None if t is None else t.detach().requires_grad_() for t in (q, k, v, mask)]
     # The pattern is a function of the seed and the element index only.
     check_dropout_against_reference(*leaves, dropout_p=0.3, seed=7, **kwargs)
@@ -83,6 +84,7 @@ def test_each_call_draws_a_new_mask():
     assert not torch.equal(first, second)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [{}, {"is_causal": True}, {"enable_gqa": True}], ids=["plain", "causal", "gqa"])
 def test_gradcheck_with_the_seed_fixed_inside(kwargs):
     """The backward regenerates the forward's mask: with the seed fixed inside

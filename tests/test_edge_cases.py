@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from reference import check_against_reference, ours, pytorch_sdpa, run_attention
+from helpers.reference import check_against_reference, ours, pytorch_sdpa, run_attention
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "fp64", "bf16", "fp16"]

@@ -480,6 +480,7 @@ CHILD = textwrap.dedent(
 CHILD_CALLS = CHILD.count("lambda: ")
 
 
+@pytest.mark.slow
 def test_bad_calls_do_not_crash_the_process():
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD], capture_output=True, text=True,
                             timeout=300)

@@ -17,7 +17,7 @@ CHILD = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from reference import check_against_reference
+    from helpers.reference import check_against_reference
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32, torch.float64):
         for causal in (False, True):
@@ -32,6 +32,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", ["TORCH_SELFATTN_NO_MATRIX_UNITS", "TORCH_SELFATTN_NO_TILE_STORE"])
 def test_fallback_path_matches_reference(switch):
     env = dict(os.environ, **{switch: "1"})

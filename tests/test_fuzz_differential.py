@@ -4,33 +4,23 @@ groups, L and S from 0 past the kernels' tiles, E and Ev, transposed,
 sliced, strided and expanded layouts, four dtypes, bool and float masks of
 every broadcast shape with fully masked rows, causal masking, scales) and
 the output and every gradient must meet the dtype rule against the float64
-reference (tests/reference.py). With dropout, the reference applies the
+reference (tests/helpers/reference.py). With dropout, the reference applies the
 multipliers our run drew, read back from the same seed.
 
 CI runs a fixed set (the counts in fuzz_settings below);
 SELFATTN_FUZZ_EXAMPLES=N runs N fresh random examples per test (a soak).
 The @example lines are cases hypothesis found failing once: they run every
 time, before the drawn ones."""
-import contextlib
-
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from torch.nn.attention import sdpa_kernel
 
 import torch_selfattn
-from fuzz_cases import Case, Mask, cases, fuzz_settings
-from reference import check_against_reference, check_dropout_against_reference
-from test_cuda import YARDSTICK_BACKENDS, check_on_cuda, cuda_kernels_missing
-
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(cuda_kernels_missing() is not None,
-                                                  reason=str(cuda_kernels_missing()))),
-]
+from helpers.fuzz_cases import Case, Mask, cases, fuzz_settings
+from helpers.reference import check_against_reference, check_dropout_against_reference
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.slow
 @fuzz_settings(ci_examples=300)
 @given(case=cases())
 # PyTorch's default CPU path gives NaN for causal masking with a negative
@@ -50,19 +40,16 @@ DEVICES = [
                    scale=2.5))
 def test_output_and_gradients_match_the_float64_reference(device, case):
     q, k, v, mask = case.tensors(device)
-    check = check_on_cuda if device == "cuda" else check_against_reference
-    check(q, k, v, attn_mask=mask, **case.kwargs())
+    check_against_reference(q, k, v, attn_mask=mask, **case.kwargs())
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.slow
 @fuzz_settings(ci_examples=80)
 # Fewer scores: the reference reads the multipliers back through an S×S value.
 @given(case=cases(max_scores=16384), dropout_p=st.sampled_from([0.1, 0.5, 0.9]))
 def test_dropout_matches_the_float64_reference_with_the_same_multipliers(device, case, dropout_p):
     q, k, v, mask = case.tensors(device)
-    # On CUDA, PyTorch's yardstick leaves out cuDNN (see test_cuda.py).
-    with sdpa_kernel(YARDSTICK_BACKENDS) if device == "cuda" else contextlib.nullcontext():
-        check_dropout_against_reference(q, k, v, mask, dropout_p=dropout_p, seed=case.seed, **case.kwargs())
+    check_dropout_against_reference(q, k, v, mask, dropout_p=dropout_p, seed=case.seed, **case.kwargs())
 
 
 @pytest.mark.xfail(strict=True, reason="known deviation: key and value broadcast over query's batch dims are expanded "

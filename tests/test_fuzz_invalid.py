@@ -9,26 +9,21 @@ import sys
 
 import pytest
 
-import fuzz_invalid_calls
 import torch_selfattn
-from fuzz_cases import SOAK_EXAMPLES
-from test_cuda import cuda_kernels_missing
+from helpers import fuzz_invalid_calls
+from helpers.fuzz_cases import SOAK_EXAMPLES
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("device", [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(cuda_kernels_missing() is not None,
-                                                  reason=str(cuda_kernels_missing()))),
-])
+@pytest.mark.slow
 def test_invalid_calls_raise_and_the_process_survives(device):
-    script = os.path.join(TESTS, "fuzz_invalid_calls.py")
     # The child imports the torch_selfattn this process imported.
     package_root = os.path.dirname(os.path.dirname(torch_selfattn.__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-W", "ignore", script, "--device", device], capture_output=True,
-                            text=True, timeout=1800, cwd=TESTS, env=env)
+    # Run as a module from tests/, so that it imports the helpers package.
+    result = subprocess.run([sys.executable, "-W", "ignore", "-m", "helpers.fuzz_invalid_calls", "--device", device],
+                            capture_output=True, text=True, timeout=1800, cwd=TESTS, env=env)
     output = result.stdout + result.stderr[-6000:]
     assert result.returncode >= 0, f"the child died of signal {-result.returncode}:\n{output}"
     assert result.returncode == 0, output

@@ -16,6 +16,7 @@ def inputs(Hq=4, H=4, L=6, S=9, E=5, Ev=3, batch=(2,), seed=0):
     return q, k, v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("gqa", [False, True], ids=["mha", "gqa"])
 @pytest.mark.parametrize("L,S", [(6, 9), (9, 6), (1, 5)])
@@ -28,6 +29,7 @@ def test_gradcheck_query_key_value(causal, gqa, L, S):
     assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gqa", [False, True], ids=["mha", "gqa"])
 @pytest.mark.parametrize("mask_shape", [(2, 4, 6, 9), (6, 9), (4, 1, 9), (2, 1, 6, 1), (1, 1)],
                          ids=lambda s: "x".join(map(str, s)))

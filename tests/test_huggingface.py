@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 import torch_selfattn.integrations.huggingface as hf_selfattn  # noqa: E402
-from reference import assert_within_dtype_rule  # noqa: E402
+from helpers.reference import assert_within_dtype_rule  # noqa: E402
 
 NAME = hf_selfattn.register()
 

@@ -1,7 +1,7 @@
 """kv_cache_attention: a few new queries per sequence against the first
 cache_seqlens[b] rows of a KV cache, bottom-right aligned, against each
 sequence run alone through the float64 explicit reference of
-tests/feature_reference.py. The cache rows past cache_seqlens[b] hold NaN, so
+tests/helpers/feature_reference.py. The cache rows past cache_seqlens[b] hold NaN, so
 an output that reads one shows it.
 
 The CPU kernels split the keys of each (sequence, head) across tasks (split-KV,
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import torch_selfattn
-from feature_reference import check_features, explicit_attention, pytorch_with_explicit_rules
-from reference import as_float64, assert_within_dtype_rule, poisoned_outputs
+from helpers.feature_reference import (check_features, each_cached_sequence, explicit_attention,
+                                       pytorch_with_explicit_rules)
+from helpers.reference import as_float64, assert_within_dtype_rule, poisoned_outputs
 
 kv_cache_attention = torch_selfattn.kv_cache_attention
 
@@ -40,23 +41,15 @@ class Cache:
         with poisoned_outputs():
             return kv_cache_attention(self.query, self.key_cache, self.value_cache, self.cache_seqlens, **kwargs)
 
-    def one_by_one(self, fn, query, key_cache, value_cache, is_causal=True, alibi_slopes=None, **kwargs):
-        """fn on each sequence alone with its used keys, bottom-right aligned."""
-        outs = []
-        for b, used in enumerate(self.cache_seqlens.tolist()):
-            slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
-            outs.append(fn(query[b:b + 1], key_cache[b:b + 1, :, :used], value_cache[b:b + 1, :, :used],
-                           is_causal=is_causal, causal_alignment="bottom_right", enable_gqa=True,
-                           alibi_slopes=slopes, **kwargs))
-        return torch.cat(outs)
-
     def check(self, **kwargs):
         """The dtype rule on our output. Returns it."""
         got = self.ours(**kwargs)
-        pytorch = self.one_by_one(pytorch_with_explicit_rules, self.query, self.key_cache, self.value_cache, **kwargs)
+        used = self.cache_seqlens.tolist()
+        pytorch = each_cached_sequence(pytorch_with_explicit_rules, used)(self.query, self.key_cache,
+                                                                          self.value_cache, **kwargs)
         kwargs64 = {**kwargs, "alibi_slopes": as_float64(kwargs.get("alibi_slopes"))}
-        expected = self.one_by_one(explicit_attention, *map(as_float64, (self.query, self.key_cache,
-                                                                         self.value_cache)), **kwargs64)
+        expected = each_cached_sequence(explicit_attention, used)(*map(as_float64, (self.query, self.key_cache,
+                                                                                    self.value_cache)), **kwargs64)
         assert_within_dtype_rule("output", got, pytorch, expected)
         return got
 

@@ -161,6 +161,7 @@ def growth_bytes(report):
     return (report["after"] - report["before"]) * MiB
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", [False, True], ids=["plain", "broadcast_mask_gradient"])
 def test_forward_backward_at_8192_does_not_materialise_scores(mask):
     # With the mask: the gradient of a (1, 1, 1, S) mask sums dS over heads
@@ -188,6 +189,7 @@ def linear_bound(L, H, E, threads):
     return results_bytes(L, H, E) + threads * per_thread + 16 * MiB
 
 
+@pytest.mark.slow
 def test_forward_backward_at_32k_stays_within_a_linear_bound():
     # One L×S float32 matrix would be 4 GiB; the bound is 1/40 of it.
     L, H, E = 32768, 1, 16
@@ -199,6 +201,7 @@ def test_forward_backward_at_32k_stays_within_a_linear_bound():
     assert bound < scores_bytes(L) / 40
 
 
+@pytest.mark.slow
 def test_double_backward_at_8192_does_not_materialise_scores():
     L = 8192
     report = run_child("double", L, 1, 16, control=True, script=DOUBLE_BACKWARD_CHILD)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from reference import assert_within_dtype_rule, pytorch_sdpa
+from helpers.reference import assert_within_dtype_rule, pytorch_sdpa
 from torch_selfattn import MultiheadSelfAttention
 
 
@@ -55,7 +55,7 @@ def random_mask(kind, shape, generator):
 def test_matches_float64_reference(num_kv_heads, causal, mask_kind):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    module = MultiheadSelfAttention(48, 4, num_kv_heads=num_kv_heads, causal=causal)
+    module = MultiheadSelfAttention(48, 4, num_kv_heads=num_kv_heads, is_causal=causal)
     x = torch.randn(3, 21, 48, generator=g)
     mask = None if mask_kind is None else random_mask(mask_kind, (3, 1, 21, 21), g)
     check_module(module, x, mask)
@@ -63,7 +63,7 @@ def test_matches_float64_reference(num_kv_heads, causal, mask_kind):
 
 def test_no_bias_and_odd_sizes():
     torch.manual_seed(1)
-    module = MultiheadSelfAttention(40, 5, num_kv_heads=5, causal=True, bias=False)
+    module = MultiheadSelfAttention(40, 5, num_kv_heads=5, is_causal=True, bias=False)
     assert module.qkv_proj.bias is None and module.out_proj.bias is None
     check_module(module, torch.randn(2, 67, 40, generator=torch.Generator().manual_seed(2)))
 
@@ -71,7 +71,7 @@ def test_no_bias_and_odd_sizes():
 @pytest.mark.parametrize("causal", [False, True])
 def test_same_as_nn_multihead_attention_with_the_same_weights(causal):
     torch.manual_seed(0)
-    ours = MultiheadSelfAttention(32, 4, causal=causal).eval()
+    ours = MultiheadSelfAttention(32, 4, is_causal=causal).eval()
     mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
     with torch.no_grad():
         mha.in_proj_weight.copy_(ours.qkv_proj.weight)
@@ -88,7 +88,7 @@ def test_same_as_nn_multihead_attention_with_the_same_weights(causal):
 
 def test_gqa_runs_on_the_kernels_without_repeating_key_and_value():
     torch.manual_seed(0)
-    module = MultiheadSelfAttention(64, 8, num_kv_heads=2, causal=True)
+    module = MultiheadSelfAttention(64, 8, num_kv_heads=2, is_causal=True)
     assert module.qkv_proj.out_features == (8 + 2 * 2) * 8
     x = torch.randn(2, 10, 64)
     out, names = ops_called(lambda: module(x))
@@ -101,9 +101,9 @@ def test_gqa_runs_on_the_kernels_without_repeating_key_and_value():
 def test_causal_with_a_mask_is_the_mask_with_the_causal_pattern_folded_in(mask_kind):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(3)
-    causal = MultiheadSelfAttention(24, 3, causal=True)
+    causal = MultiheadSelfAttention(24, 3, is_causal=True)
     plain = copy.deepcopy(causal)
-    plain.causal = False
+    plain.is_causal = False
     x = torch.randn(2, 9, 24, generator=g)
     mask = random_mask(mask_kind, (9, 9), g)
     lower = torch.ones(9, 9, dtype=torch.bool).tril()
@@ -111,9 +111,20 @@ def test_causal_with_a_mask_is_the_mask_with_the_causal_pattern_folded_in(mask_k
     torch.testing.assert_close(causal(x, mask), plain(x, folded), atol=0, rtol=0)
 
 
+def test_causal_is_another_name_for_is_causal():
+    # The module's earlier name for the option, kept: the same setting.
+    module = MultiheadSelfAttention(24, 3, causal=True)
+    assert module.is_causal and module.causal
+    module.causal = False
+    assert not module.is_causal
+    assert MultiheadSelfAttention(24, 3, is_causal=True, causal=True).is_causal
+    with pytest.raises(ValueError, match="is_causal=True and causal=False contradict each other"):
+        MultiheadSelfAttention(24, 3, is_causal=True, causal=False)
+
+
 def test_dropout_only_in_training_mode():
     torch.manual_seed(0)
-    module = MultiheadSelfAttention(32, 4, dropout=0.5, causal=True)
+    module = MultiheadSelfAttention(32, 4, dropout=0.5, is_causal=True)
     no_dropout = copy.deepcopy(module)
     no_dropout.dropout = 0.0
     x = torch.randn(2, 16, 32)
@@ -133,7 +144,7 @@ def test_dropout_only_in_training_mode():
 
 def test_attention_weights_method_is_the_softmax_of_the_module():
     torch.manual_seed(0)
-    module = MultiheadSelfAttention(32, 4, num_kv_heads=2, causal=True)
+    module = MultiheadSelfAttention(32, 4, num_kv_heads=2, is_causal=True)
     x = torch.randn(2, 11, 32)
     q, k, _ = (t.double() for t in module._heads(x))
     k = k.repeat_interleave(2, dim=1)

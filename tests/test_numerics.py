@@ -1,4 +1,4 @@
-"""Forward and backward against the float64 reference (tests/reference.py),
+"""Forward and backward against the float64 reference (tests/helpers/reference.py),
 across dtypes, ranks, lengths, head dims, masks, causal masking, GQA, scales
 and memory layouts. Each case draws fresh random inputs from its own seed."""
 import itertools
@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from reference import check_against_reference, ours, poisoned_outputs
+from helpers.reference import check_against_reference, ours, poisoned_outputs
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "fp64", "bf16", "fp16"]

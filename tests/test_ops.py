@@ -116,6 +116,7 @@ def assert_close_to_eager(eager, compiled):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_compile_function_fullgraph(dynamic):
     torch._dynamo.reset()
@@ -157,6 +158,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@pytest.mark.slow
 def test_compile_transformer_block_fullgraph():
     torch._dynamo.reset()
     torch.manual_seed(0)

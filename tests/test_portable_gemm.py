@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 CHILD = textwrap.dedent(
     """
     import torch, torch.nn.functional as F, torch_selfattn
@@ -29,6 +31,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_portable_tile_products_match_reference():
     env = dict(os.environ, TORCH_SELFATTN_PORTABLE_GEMM="1")
     result = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)

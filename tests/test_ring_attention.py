@@ -1,9 +1,9 @@
 """Ring attention (torch_selfattn.distributed) on 1, 2 and 4 processes over
 gloo, against attention on the full sequence in one process.
 
-The ranks of each world size start once and run every case (tests/ring_ranks.py);
+The ranks of each world size start once and run every case (tests/helpers/ring_ranks.py);
 the tests here check their results: output and gradients against the float64
-reference within the dtype rule (tests/reference.py), a small model trained
+reference within the dtype rule (tests/helpers/reference.py), a small model trained
 under DDP against the same model trained in one process, and the error for
 uneven shards. The pieces the ring is made of (the zig-zag layout, the merge,
 the block gradients) are checked in this process, without ranks.
@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ring_ranks
+from helpers import ring_ranks
 import torch_selfattn
-from reference import assert_within_dtype_rule, pytorch_sdpa, reference, run_attention
+from helpers.reference import assert_within_dtype_rule, pytorch_sdpa, reference, run_attention
 from torch_selfattn.distributed import blocks, merge, ring_attention, zigzag_shard, zigzag_unshard
 from torch_selfattn.distributed.zigzag import block_of
 
@@ -34,6 +34,7 @@ def result_of(ranks, name):
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(ring_ranks.CASES))
 def test_matches_full_sequence_attention(ranks, case):
     got = result_of(ranks, case)
@@ -45,6 +46,7 @@ def test_matches_full_sequence_attention(ranks, case):
         assert_within_dtype_rule(name, a, b, c)
 
 
+@pytest.mark.slow
 def test_ddp_training_matches_one_process(ranks):
     got = result_of(ranks, "ddp_training")
 
@@ -63,6 +65,7 @@ def test_ddp_training_matches_one_process(ranks):
         torch.testing.assert_close(got["params"][name], param.detach(), rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_uneven_shards_raise_on_every_rank(ranks):
     world_size, _ = ranks
     errors = result_of(ranks, "uneven_shards")

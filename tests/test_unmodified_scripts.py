@@ -13,9 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import torch_selfattn
-from reference import assert_within_dtype_rule
-# nanoGPT's attention block, as written there.
-from test_patch import CausalSelfAttention
+from helpers.models import CausalSelfAttention  # nanoGPT's attention block, as written there
+from helpers.reference import assert_within_dtype_rule
 
 # --------------------------------------------------------------------------
 # The scripts' models, as their authors write them.
@@ -189,11 +188,13 @@ def check_training(name, compiled):
             assert_within_dtype_rule(f"step {step}, grad {param}", got[param], pt[param], ref[param])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_steps_in_eager_mode(name):
     check_training(name, compiled=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_steps_under_torch_compile(name):
     torch._dynamo.reset()

@@ -1,69 +1,17 @@
 """varlen_attention: packed batches of sequences of their own lengths, against
 each sequence run on its own through the float64 explicit reference of
-tests/feature_reference.py (and, for the dtype rule, through PyTorch's SDPA
+tests/helpers/feature_reference.py (and, for the dtype rule, through PyTorch's SDPA
 with the explicit mask), with gradients, gradcheck, dropout,
 torch.compile, opcheck and bad input."""
 import pytest
 import torch
 
 import torch_selfattn
-from feature_reference import check_features, explicit_attention, pytorch_with_explicit_rules
+from helpers.feature_reference import check_features, explicit_attention
+from helpers.packed import Packed
 
 ops = torch.ops.selfattn
 varlen = torch_selfattn.varlen_attention
-
-
-def offsets(lengths):
-    return torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-
-
-class Packed:
-    """A packed batch: q (Tq, Hq, E), k (Tk, H, E), v (Tk, H, Ev) that require
-    grad, with their int32 offsets and length bounds."""
-
-    def __init__(self, q_lengths, k_lengths=None, Hq=4, H=2, E=16, Ev=12, dtype=torch.float32, seed=0):
-        k_lengths = q_lengths if k_lengths is None else k_lengths
-        g = torch.Generator().manual_seed(seed)
-
-        def rand(*shape):
-            return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
-
-        self.q_lengths, self.k_lengths = list(q_lengths), list(k_lengths)
-        self.q, self.k, self.v = rand(sum(q_lengths), Hq, E), rand(sum(k_lengths), H, E), rand(sum(k_lengths), H, Ev)
-        self.cu_q, self.cu_k = offsets(q_lengths), offsets(k_lengths)
-        self.max_q, self.max_k = max(q_lengths, default=0), max(k_lengths, default=0)
-
-    def sequences(self):
-        return len(self.q_lengths)
-
-    def varlen(self, q, k, v, attn_mask=None, **kwargs):
-        """varlen_attention on this batch's offsets, as check_features calls it."""
-        assert attn_mask is None
-        return varlen(q, k, v, self.cu_q, self.cu_k, self.max_q, self.max_k, **kwargs)
-
-    def one_by_one(self, fn):
-        """fn run on each sequence alone, as (1, heads, length, dim) tensors, the
-        outputs packed again; ALiBi slopes of shape (sequences, Hq) go to their
-        sequence, as do dropout multipliers given as one tensor per sequence."""
-
-        def packed(q, k, v, attn_mask=None, alibi_slopes=None, dropout_multipliers=None, **kwargs):
-            assert attn_mask is None
-            outs = []
-            for s in range(self.sequences()):
-                rows, keys = slice(self.cu_q[s], self.cu_q[s + 1]), slice(self.cu_k[s], self.cu_k[s + 1])
-                slopes = alibi_slopes[s] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
-                extra = {} if dropout_multipliers is None else {"dropout_multipliers": dropout_multipliers[s]}
-                heads_first = [t[part].transpose(0, 1)[None] for t, part in ((q, rows), (k, keys), (v, keys))]
-                out = fn(*heads_first, enable_gqa=True, alibi_slopes=slopes, **extra, **kwargs)
-                outs.append(out[0].transpose(0, 1))
-            return torch.cat(outs)
-
-        return packed
-
-    def check(self, **kwargs):
-        return check_features(self.q, self.k, self.v, ours_fn=self.varlen,
-                              pytorch_fn=self.one_by_one(pytorch_with_explicit_rules),
-                              reference_fn=self.one_by_one(explicit_attention), **kwargs)
 
 
 # Lengths 0 and 1, and lengths that cross the kernels' 128-row query tiles and
@@ -184,6 +132,7 @@ def test_dropout_same_seed_same_result_and_sequences_draw_apart():
     assert not torch.equal(runs[0][0][:33], runs[0][0][33:])
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_with_backward():
     torch._dynamo.reset()
     batch = Packed([5, 0, 70, 1], [5, 2, 70, 9], seed=9)

@@ -1,7 +1,7 @@
 """Sliding windows, causal alignment, ALiBi and softcap through
 scaled_dot_product_attention: outputs and gradients (q, k, v and a float
-mask) against the float64 explicit-mask reference of tests/feature_reference.py,
-under the dtype rule of tests/reference.py."""
+mask) against the float64 explicit-mask reference of tests/helpers/feature_reference.py,
+under the dtype rule of tests/helpers/reference.py."""
 import os
 import subprocess
 import sys
@@ -11,8 +11,8 @@ import torch
 
 import torch_selfattn
 
-from feature_reference import check_features, diagonal_distance, explicit_attention, visible_keys
-from reference import dropout_multipliers, ours
+from helpers.feature_reference import check_features, diagonal_distance, explicit_attention, visible_keys
+from helpers.reference import dropout_multipliers, ours
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -41,7 +41,10 @@ def geometric_slopes(heads):
 WINDOWS = {"left": (5, -1), "right": (-1, 3), "both": (4, 6), "zero": (0, 0), "wider_than_S": (200, 200)}
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+# 180 cases: float32's run in the fast loop, the other dtypes' are slow.
+@pytest.mark.parametrize("dtype", [pytest.param(dtype, id=str(dtype),
+                                                marks=() if dtype == torch.float32 else pytest.mark.slow)
+                                   for dtype in DTYPES])
 @pytest.mark.parametrize("L,S", [(37, 37), (23, 53), (53, 23)], ids=["L=S", "L<S", "L>S"])
 @pytest.mark.parametrize("window", list(WINDOWS.values()), ids=list(WINDOWS))
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -153,6 +156,7 @@ TILE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask_grad", [False, True], ids=["head_pass", "query_key_passes"])
 @pytest.mark.parametrize("case", list(TILE_CASES))
 def test_tile_skipping_across_tile_boundaries(case, mask_grad):
@@ -170,6 +174,7 @@ def test_tile_skipping_across_tile_boundaries(case, mask_grad):
     check_features(q, k, v, mask, enable_gqa=True, **options)
 
 
+@pytest.mark.slow
 def test_tile_skipping_in_bfloat16():
     q, k, v = make_inputs(Hq=2, H=1, L=700, S=1100, E=32, dtype=torch.bfloat16, seed=13)
     check_features(q, k, v, enable_gqa=True, window=(200, 50), causal_alignment="bottom_right")
@@ -185,6 +190,7 @@ GRADCHECK_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(GRADCHECK_CASES))
 def test_gradcheck(case):
     options, with_mask = GRADCHECK_CASES[case]
@@ -231,7 +237,7 @@ def test_dropout_with_window_same_seed_same_result():
 
 PAST_THE_KEYS_CHILD = """
 import torch, torch_selfattn
-from feature_reference import explicit_attention
+from helpers.feature_reference import explicit_attention
 g = torch.Generator().manual_seed(0)
 L, S, E = 53, 23, 16
 # key and value: views of longer buffers whose rows past S are NaN, as a
@@ -248,6 +254,7 @@ print("max error", max((a - b).abs().max().item() for a, b in zip(*results)))
 """
 
 
+@pytest.mark.slow
 def test_top_left_window_past_the_keys():
     # Rows far below a top-left window see no key at all: their band lies
     # past S and must be empty, not read or written past the keys. In a

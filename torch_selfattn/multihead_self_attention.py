@@ -20,7 +20,9 @@ class MultiheadSelfAttention(nn.Module):
         num_heads: query heads; the head dim is ``embed_dim // num_heads``.
         num_kv_heads: key/value heads for grouped-query (or, with 1,
             multi-query) attention; a divisor of ``num_heads``. Default: ``num_heads``.
-        causal: each position attends only to itself and earlier positions.
+        is_causal: each position attends only to itself and earlier positions,
+            the ``is_causal`` of the functions. ``causal=`` is accepted as the
+            same option under its earlier name.
         dropout: probability of dropping an attention weight, applied in
             training mode only (``module.train()``); eval mode never drops.
         bias: whether the projections have biases.
@@ -31,13 +33,18 @@ class MultiheadSelfAttention(nn.Module):
 
     ``forward(x, attn_mask=None)`` takes x of shape (B, L, D) and an optional
     mask broadcastable to (B, num_heads, L, L): bool (True = attend) or float
-    (added to the scores). With ``causal=True`` the mask is combined with the
-    causal one. Returns (B, L, D).
+    (added to the scores). With ``is_causal=True`` the mask is combined with
+    the causal one. Returns (B, L, D).
     """
 
-    def __init__(self, embed_dim, num_heads, num_kv_heads=None, causal=False, dropout=0.0, bias=True, *,
-                 attention_fn=None, device=None, dtype=None):
+    def __init__(self, embed_dim, num_heads, num_kv_heads=None, is_causal=False, dropout=0.0, bias=True, *,
+                 causal=None, attention_fn=None, device=None, dtype=None):
         super().__init__()
+        if causal is not None:
+            if is_causal and not causal:
+                raise ValueError("MultiheadSelfAttention: is_causal=True and causal=False contradict each other; "
+                                 "causal is another name for is_causal, give one")
+            is_causal = causal
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if num_heads < 1 or embed_dim % num_heads:
             raise ValueError(f"MultiheadSelfAttention: embed_dim ({embed_dim}) must be a positive multiple of "
@@ -49,7 +56,7 @@ class MultiheadSelfAttention(nn.Module):
             raise ValueError(f"MultiheadSelfAttention: dropout must be in [0, 1), got {dropout}")
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
-        self.causal, self.dropout = causal, dropout
+        self.is_causal, self.dropout = is_causal, dropout
         self.attention_fn = scaled_dot_product_attention if attention_fn is None else attention_fn
         factory = dict(device=device, dtype=dtype)
         self.qkv_proj = nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=bias, **factory)
@@ -57,7 +64,16 @@ class MultiheadSelfAttention(nn.Module):
 
     def extra_repr(self):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
-                f"causal={self.causal}, dropout={self.dropout}")
+                f"is_causal={self.is_causal}, dropout={self.dropout}")
+
+    @property
+    def causal(self):
+        """is_causal, under the module's earlier name."""
+        return self.is_causal
+
+    @causal.setter
+    def causal(self, value):
+        self.is_causal = value
 
     def _heads(self, x):
         """Queries (B, num_heads, L, head_dim), keys and values (B, num_kv_heads,
@@ -74,8 +90,8 @@ class MultiheadSelfAttention(nn.Module):
     def _mask(self, attn_mask, length, device):
         """(mask, is_causal) for the SDPA call, which takes one or the other:
         with both, the causal pattern is folded into the mask."""
-        if attn_mask is None or not self.causal:
-            return attn_mask, attn_mask is None and self.causal
+        if attn_mask is None or not self.is_causal:
+            return attn_mask, attn_mask is None and self.is_causal
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
         if attn_mask.dtype == torch.bool:
             return attn_mask & causal, False

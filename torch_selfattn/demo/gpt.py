@@ -24,7 +24,7 @@ class Block(nn.Module):
         super().__init__()
         dim = config.embed_dim
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = MultiheadSelfAttention(dim, config.heads, causal=True, attention_fn=attention_fn)
+        self.attn = MultiheadSelfAttention(dim, config.heads, is_causal=True, attention_fn=attention_fn)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x):

@@ -6,7 +6,7 @@ A script, so that test_fuzz_invalid.py runs it in a child process: a crash
 (a signal, an abort) takes down the child only, and shows as its exit
 status. It prints how many calls of each class raised.
 
-    python tests/fuzz_invalid_calls.py [--device cuda]
+    cd tests && python -m helpers.fuzz_invalid_calls [--device cuda]
 """
 import argparse
 import collections
@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import torch_selfattn
-from fuzz_cases import DTYPES, cases, fuzz_settings
+from helpers.fuzz_cases import DTYPES, cases, fuzz_settings
 
 ours = torch_selfattn.scaled_dot_product_attention
 ops = torch.ops.selfattn

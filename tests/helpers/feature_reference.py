@@ -8,7 +8,9 @@ its sequences. ``explicit_attention`` writes that out with PyTorch's
 elementwise ops; on float64 copies of the inputs it is the reference. The
 low-precision yardstick (what a user gets from PyTorch in that dtype) is
 PyTorch's SDPA with the same rules as an explicit float mask in the dtype,
-or, for softcap, which no mask can express, explicit_attention in the dtype.
+or, for softcap, which no mask can express, explicit_attention in the dtype
+(also where PyTorch's kernels refuse the call or give NaN, as
+reference.pytorch_results does). Every function works on the inputs' device.
 
 The rules, as csrc/common/score_rules.h states them: with
 d = i + shift - j (shift = S - L for bottom-right alignment, else 0), key j is
@@ -16,18 +18,19 @@ hidden from query i when causal and d < 0, when window_left >= 0 and
 d > window_left, or when window_right >= 0 and -d > window_right. A query
 that sees no key gets output 0.
 """
-import pytest
 import torch
+from torch.nn.attention import sdpa_kernel
 
-from reference import as_float64, assert_results_within_dtype_rule, ours, poisoned_outputs, pytorch_sdpa, run_attention
+from helpers.reference import (YARDSTICK_BACKENDS, as_float64, assert_results_within_dtype_rule, ours,
+                               poisoned_outputs, pytorch_sdpa, run_attention)
 
 NO_BOUND = -1
 
 
-def diagonal_distance(L, S, causal_alignment="top_left"):
+def diagonal_distance(L, S, causal_alignment="top_left", device="cpu"):
     """d = i + shift - j for query i and key j: (L, S) int64."""
     shift = S - L if causal_alignment == "bottom_right" else 0
-    return torch.arange(L)[:, None] + shift - torch.arange(S)[None, :]
+    return torch.arange(L, device=device)[:, None] + shift - torch.arange(S, device=device)[None, :]
 
 
 def visible_keys(d, is_causal=False, window=None):
@@ -43,13 +46,15 @@ def visible_keys(d, is_causal=False, window=None):
     return seen
 
 
-def score_bias(L, S, dtype, *, is_causal=False, window=None, causal_alignment="top_left", alibi_slopes=None):
-    """The additive bias the rules amount to: -slope·|d| and -inf on hidden
-    keys; (L, S), or (..., Hq, L, S) with ALiBi."""
-    d = diagonal_distance(L, S, causal_alignment)
-    bias = torch.zeros(L, S, dtype=dtype)
+def score_bias(L, S, dtype, *, is_causal=False, window=None, causal_alignment="top_left", alibi_slopes=None,
+               device="cpu"):
+    """The additive bias the rules amount to: -slope·|d| (computed in float64,
+    rounded once to dtype) and -inf on hidden keys; (L, S), or (..., Hq, L, S)
+    with ALiBi."""
+    d = diagonal_distance(L, S, causal_alignment, device)
+    bias = torch.zeros(L, S, dtype=dtype, device=device)
     if alibi_slopes is not None:
-        bias = -alibi_slopes.to(dtype)[..., None, None] * d.abs().to(dtype)
+        bias = (-alibi_slopes.double()[..., None, None] * d.abs()).to(dtype)
     return bias.masked_fill(~visible_keys(d, is_causal, window), float("-inf"))
 
 
@@ -70,7 +75,7 @@ def explicit_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, ena
         scores = softcap * torch.tanh(scores / softcap)
     L, S = scores.shape[-2:]
     scores = scores + score_bias(L, S, scores.dtype, is_causal=is_causal, window=window,
-                                 causal_alignment=causal_alignment, alibi_slopes=alibi_slopes)
+                                 causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, device=q.device)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
     # A row that sees no key has output 0 (and no NaN in any gradient).
@@ -83,30 +88,63 @@ def explicit_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, ena
 
 def pytorch_with_explicit_rules(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *,
                                 window=None, causal_alignment="top_left", alibi_slopes=None, softcap=None):
-    """What PyTorch offers for the same job in the inputs' dtype: its SDPA with
-    the rules as an explicit mask in that dtype (explicit_attention for
-    softcap, which no mask expresses)."""
+    """What PyTorch offers for the same job in the inputs' dtype: its SDPA
+    (among reference.YARDSTICK_BACKENDS) with the rules and attn_mask as one
+    explicit mask, summed in float64 and rounded once; explicit_attention in
+    the dtype for softcap, which no mask expresses, for empty sequences, and
+    where PyTorch's kernels refuse the call or give NaN (rows that see no
+    key)."""
     options = dict(is_causal=is_causal, window=window, causal_alignment=causal_alignment, alibi_slopes=alibi_slopes)
-    if softcap:
+
+    def by_hand():
         return explicit_attention(q, k, v, attn_mask, scale=scale, enable_gqa=enable_gqa, softcap=softcap, **options)
-    bias = score_bias(q.shape[-2], k.shape[-2], torch.float64, **options)
+
+    L, S = q.shape[-2], k.shape[-2]
+    if softcap or L == 0 or S == 0:
+        return by_hand()
+    bias = score_bias(L, S, torch.float64, device=q.device, **options)
     if attn_mask is None:
         mask = bias.to(q.dtype)
     elif attn_mask.dtype == torch.bool:
         mask = bias.masked_fill(~attn_mask, float("-inf")).to(q.dtype)
     else:
-        mask = attn_mask + bias.to(attn_mask.dtype)
-    return pytorch_sdpa(q, k, v, attn_mask=mask, scale=scale, enable_gqa=enable_gqa)
+        mask = (attn_mask.double() + bias).to(attn_mask.dtype)
+    try:
+        with sdpa_kernel(YARDSTICK_BACKENDS):
+            out = pytorch_sdpa(q, k, v, attn_mask=mask, scale=scale, enable_gqa=enable_gqa)
+    except RuntimeError:
+        return by_hand()
+    return by_hand() if out.isnan().any() else out
+
+
+def each_cached_sequence(fn, cache_seqlens):
+    """The reference for kv_cache_attention: fn on each sequence alone with
+    the first cache_seqlens[b] keys of its cache, bottom-right aligned, the
+    outputs stacked again; ALiBi slopes of shape (B, Hq) go to their
+    sequence. Called as check_features calls its functions."""
+
+    def cached(query, key_cache, value_cache, attn_mask=None, is_causal=True, alibi_slopes=None, **kwargs):
+        assert attn_mask is None
+        outs = []
+        for b, used in enumerate(cache_seqlens):
+            slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+            outs.append(fn(query[b:b + 1], key_cache[b:b + 1, :, :used], value_cache[b:b + 1, :, :used],
+                           is_causal=is_causal, causal_alignment="bottom_right", enable_gqa=True,
+                           alibi_slopes=slopes, **kwargs))
+        return torch.cat(outs)
+
+    return cached
 
 
 def random_output_gradient(q, v, seed=0):
     shape = (*q.shape[:-1], v.shape[-1])
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(q.dtype)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(q.device, q.dtype)
 
 
 def check_features(q, k, v, attn_mask=None, *, ours_fn=ours, pytorch_fn=pytorch_with_explicit_rules,
                    reference_fn=explicit_attention, **kwargs):
-    """tests/reference.py's check_against_reference for the extras: ours,
+    """reference.check_against_reference for the extras: ours,
     PyTorch's explicit-mask attention in the inputs' dtype and the float64
     explicit reference, on the same inputs and output gradient; the dtype
     rule for the output and every gradient. The three functions take

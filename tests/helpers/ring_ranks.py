@@ -119,7 +119,7 @@ def _gather_sequence(local, world_size, unshard):
 
 
 def _run_case(name, rank, world_size):
-    from reference import poisoned_outputs
+    from helpers.reference import poisoned_outputs
 
     from torch_selfattn.distributed import ring_attention, zigzag_shard, zigzag_unshard
 

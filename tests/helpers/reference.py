@@ -15,6 +15,7 @@ Outputs are poisoned: the tests run with PyTorch's deterministic mode, whose
 with NaN, so an element a kernel forgets to write fails the comparison.
 """
 import contextlib
+import os
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -22,10 +23,20 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch_selfattn
 
 FLOAT64_FLOOR = 1e-12
+RESULT_NAMES = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
+# The backends PyTorch may pick for the yardstick. cuDNN is left out: it has
+# read a float32 mask given with fp16/bf16 inputs as if it were in their
+# dtype, silently (pytorch/pytorch#191612), and a yardstick must not be wrong.
+YARDSTICK_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 ours = torch_selfattn.scaled_dot_product_attention
 # PyTorch's own function, whatever patch_sdpa has done to torch.nn.functional.
 pytorch_sdpa = torch._C._nn.scaled_dot_product_attention
+
+# poisoned_outputs turns on deterministic mode, in which any cuBLAS call
+# raises unless cuBLAS is given a fixed workspace. The kernels call no cuBLAS
+# today; this keeps a future at::matmul in them from failing for that alone.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @contextlib.contextmanager
@@ -76,6 +87,25 @@ def reference(q, k, v, attn_mask, grad_out, fn=pytorch_sdpa, **kwargs):
         return run_attention(fn, *map(as_float64, (q, k, v, attn_mask, grad_out)), **kwargs)
 
 
+def pytorch_results(q, k, v, attn_mask, grad_out, fn=pytorch_sdpa, **kwargs):
+    """PyTorch's own SDPA (or fn, built on it) in the inputs' dtype, the
+    backend picked by its dispatcher among YARDSTICK_BACKENDS. PyTorch's math
+    backend, in the same dtype, stands in where the picked kernel raises (the
+    CUDA efficient kernel refuses a float32 mask with fp16/bf16 inputs) or
+    gives NaN (the CPU flash kernel for causal masking with a negative scale;
+    the CUDA kernels on fully masked rows, which the math backend defines as
+    0): PyTorch's error is then that of its math path."""
+    try:
+        with sdpa_kernel(YARDSTICK_BACKENDS):
+            results = run_attention(fn, q, k, v, attn_mask, grad_out, **kwargs)
+        if not any(t.isnan().any() for t in results):
+            return results
+    except RuntimeError:
+        pass
+    with sdpa_kernel([SDPBackend.MATH]):
+        return run_attention(fn, q, k, v, attn_mask, grad_out, **kwargs)
+
+
 def max_error(result, expected):
     if result.numel() == 0:
         return 0.0
@@ -85,6 +115,7 @@ def max_error(result, expected):
 def assert_within_dtype_rule(name, got, pytorch, expected):
     """|got - expected| <= 2 |pytorch - expected| + floor·max(|expected|, 1)."""
     assert got.shape == expected.shape, f"{name}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    assert got.device == expected.device, f"{name} is on {got.device}, the inputs on {expected.device}"
     assert got.dtype == pytorch.dtype, f"{name}: dtype {got.dtype}, expected {pytorch.dtype}"
     assert not got.isnan().any(), f"{name}: NaN in the result (an element left unwritten?)"
     magnitude = expected.abs().max().item() if expected.numel() else 0.0
@@ -100,29 +131,24 @@ def assert_within_dtype_rule(name, got, pytorch, expected):
 def assert_results_within_dtype_rule(got, pytorch, expected):
     """The dtype rule for each of [output, grad_query, grad_key, grad_value,
     grad_attn_mask] that run_attention returned."""
-    names = ["output", "grad_query", "grad_key", "grad_value", "grad_attn_mask"]
-    for name, a, b, c in zip(names, got, pytorch, expected):
+    for name, a, b, c in zip(RESULT_NAMES, got, pytorch, expected):
         assert_within_dtype_rule(name, a, b, c)
 
 
 def check_against_reference(q, k, v, attn_mask=None, ours_fn=ours, pytorch_fn=pytorch_sdpa, **kwargs):
     """Runs torch_selfattn (ours_fn), PyTorch in the inputs' dtype
-    (pytorch_fn) and the float64 reference (pytorch_fn on float64 copies) on
-    the same inputs and the same random output gradient; asserts the dtype
-    rule for the output and every gradient. Returns ours."""
-    shape = pytorch_fn(q.detach(), k.detach(), v.detach(),
-                       attn_mask=None if attn_mask is None else attn_mask.detach(), **kwargs).shape
+    (pytorch_fn, through pytorch_results) and the float64 reference
+    (pytorch_fn on float64 copies) on the same inputs, on their device, and
+    the same random output gradient; asserts the dtype rule for the output
+    and every gradient. Returns ours."""
+    with sdpa_kernel([SDPBackend.MATH]):
+        shape = pytorch_fn(q.detach(), k.detach(), v.detach(),
+                           attn_mask=None if attn_mask is None else attn_mask.detach(), **kwargs).shape
     grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grad_out = grad_out.to(q.device, q.dtype)
     with poisoned_outputs():
         got = run_attention(ours_fn, q, k, v, attn_mask, grad_out, **kwargs)
-    pytorch = run_attention(pytorch_fn, q, k, v, attn_mask, grad_out, **kwargs)
-    if any(t.isnan().any() for t in pytorch):
-        # PyTorch's default path fails on some inputs that its math path
-        # computes (its CPU flash kernel gives NaN for causal masking with a
-        # negative scale); PyTorch's error is then that of its math path.
-        with sdpa_kernel([SDPBackend.MATH]):
-            pytorch = run_attention(pytorch_fn, q, k, v, attn_mask, grad_out, **kwargs)
+    pytorch = pytorch_results(q, k, v, attn_mask, grad_out, fn=pytorch_fn, **kwargs)
     expected = reference(q, k, v, attn_mask, grad_out, fn=pytorch_fn, **kwargs)
     assert_results_within_dtype_rule(got, pytorch, expected)
     return got
