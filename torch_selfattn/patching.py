@@ -20,12 +20,12 @@ def _plain(t):
     """A dense tensor of type exactly torch.Tensor. A subclass (DTensor, ...)
     has semantics of its own that PyTorch's function honours; reading its
     storage would not."""
-    return type(t) is torch.Tensor and t.layout == torch.strided and not t.is_nested
+    return type(t) is torch.Tensor and t.layout == torch.strided
 
 
 def _takes(query, key, value, attn_mask):
-    """Whether our kernels can run these inputs. Anything else (another
-    device, a nested or sparse tensor, a tensor subclass, an integer dtype)
+    """Whether our kernels can run these inputs (none of them nested).
+    Anything else (another device, a sparse tensor, a tensor subclass, an integer dtype)
     goes to PyTorch, which computes it or raises its own error."""
     return (
         _plain(query) and _plain(key) and _plain(value) and (attn_mask is None or _plain(attn_mask))
@@ -41,17 +41,20 @@ def _patched_sdpa(
     # F.scaled_dot_product_attention (nn.MultiheadAttention, nn.Transformer);
     # it skips the branch below and keeps PyTorch's function.
     if not torch.jit.is_scripting():
-        # As PyTorch's own Python functions do, so that an object such as
-        # CausalBias sees this function (the patched
-        # F.scaled_dot_product_attention) and dispatches it its own way.
         tensor_args = (query, key, value) if attn_mask is None else (query, key, value, attn_mask)
-        if has_torch_function(tensor_args):
-            return handle_torch_function(
-                _patched_sdpa, tensor_args, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-            )
-        if _takes(query, key, value, attn_mask):
-            return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        # Nested tensors recognise PyTorch's own function and go there. Other
+        # __torch_function__ objects (CausalBias) recognise
+        # F.scaled_dot_product_attention as it is now, this function, and are
+        # handed it as PyTorch's own Python functions hand themselves over.
+        if not any(isinstance(t, torch.Tensor) and t.is_nested for t in tensor_args):
+            if has_torch_function(tensor_args):
+                return handle_torch_function(
+                    _patched_sdpa, tensor_args, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                    is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+                )
+            if _takes(query, key, value, attn_mask):
+                return scaled_dot_product_attention(
+                    query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     return _pytorch_sdpa(
         query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
         enable_gqa=enable_gqa,
