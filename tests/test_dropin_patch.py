@@ -202,3 +202,15 @@ def test_patch_block_restores_someone_elses_function():
     with torch_selfattn.patch_sdpa():
         assert F.scaled_dot_product_attention is not theirs
     assert F.scaled_dot_product_attention is theirs
+
+
+def test_parameter_mask_goes_to_our_kernels():
+    # A learned bias held as an nn.Parameter is a plain tensor to us.
+    q, k, v = qkv(5, 5)
+    bias = nn.Parameter(torch.randn(5, 5))
+    with torch_selfattn.patch_sdpa():
+        got, names = ops_called(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+    assert "selfattn::attention_forward" in names, sorted(names)
+    (ours,) = torch.autograd.grad(got.sum(), bias)
+    (theirs,) = torch.autograd.grad(ORIGINAL(q, k, v, attn_mask=bias).sum(), bias)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

@@ -5,6 +5,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.overrides import handle_torch_function, has_torch_function
 
 from torch_selfattn._library import _SUPPORTED_DTYPES, _has_kernel
@@ -16,11 +18,16 @@ _pytorch_sdpa = F.scaled_dot_product_attention
 _devices = frozenset()
 
 
+# Plain tensors, and the types that stand for them: parameters, and the fake
+# and functional tensors that export and AOT tracing run a program on. Any
+# other subclass (DTensor, ...) has semantics of its own that PyTorch's
+# function honours; reading its storage would not.
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter, FakeTensor, FunctionalTensor)
+
+
 def _plain(t):
-    """A dense tensor of type exactly torch.Tensor. A subclass (DTensor, ...)
-    has semantics of its own that PyTorch's function honours; reading its
-    storage would not."""
-    return type(t) is torch.Tensor and t.layout == torch.strided
+    """A dense tensor of one of _PLAIN_TYPES."""
+    return type(t) in _PLAIN_TYPES and t.layout == torch.strided
 
 
 def _takes(query, key, value, attn_mask):

@@ -58,11 +58,14 @@ SymShape broadcast(const SymShape& a, const char* a_name, const SymShape& b, con
   for (size_t i = 0; i < n; ++i) {
     const c10::SymInt x = i < n - a.size() ? c10::SymInt(1) : a[i - (n - a.size())];
     const c10::SymInt y = i < n - b.size() ? c10::SymInt(1) : b[i - (n - b.size())];
-    TORCH_CHECK(x == 1 || y == 1 || x == y, kOp, ": the batch dims of ", a_name, " ", c10::SymIntArrayRef(a),
-                " and ", b_name, " ", c10::SymIntArrayRef(b),
-                " do not broadcast (for fewer key/value heads than query heads, pass enable_gqa=True). ",
-                size_mismatch(x, y, static_cast<int64_t>(i)));
-    out[i] = x == 1 ? y : x;
+    // A size not known to be 1 (an unbacked, data-dependent one) is taken
+    // as not 1 and must equal the other: broadcasting it would need a guard.
+    const bool x_one = TORCH_GUARD_OR_FALSE(x.sym_eq(1)), y_one = TORCH_GUARD_OR_FALSE(y.sym_eq(1));
+    TORCH_SYM_CHECK(c10::SymBool(x_one || y_one).sym_or(x.sym_eq(y)), kOp, ": the batch dims of ", a_name, " ",
+                    c10::SymIntArrayRef(a), " and ", b_name, " ", c10::SymIntArrayRef(b),
+                    " do not broadcast (for fewer key/value heads than query heads, pass enable_gqa=True). ",
+                    size_mismatch(x, y, static_cast<int64_t>(i)));
+    out[i] = x_one ? y : x;
   }
   return out;
 }
@@ -142,9 +145,10 @@ at::Tensor mask_as_4d(const at::Tensor& mask, const SymShape& score_batch, const
   for (int64_t d = 1; d <= mask.dim(); ++d) {
     const c10::SymInt& m = mask.sym_size(-d);
     const c10::SymInt& score = own_scores[own_scores.size() - d];
-    TORCH_CHECK(m == 1 || m == score, kOp, ": attn_mask of shape ", mask.sym_sizes(),
-                " does not broadcast to the attention scores (..., Hq, L, S) = ", c10::SymIntArrayRef(own_scores),
-                ". ", size_mismatch(score, m, static_cast<int64_t>(own_scores.size()) - d));
+    TORCH_SYM_CHECK(c10::SymBool(TORCH_GUARD_OR_FALSE(m.sym_eq(1))).sym_or(m.sym_eq(score)), kOp,
+                    ": attn_mask of shape ", mask.sym_sizes(), " does not broadcast to the attention scores (..., Hq, L, "
+                    "S) = ", c10::SymIntArrayRef(own_scores), ". ",
+                    size_mismatch(score, m, static_cast<int64_t>(own_scores.size()) - d));
   }
   const SymShape scores = concat(out_batch, {L, S});
   SymShape padded(scores.size() - mask.dim(), 1);
@@ -154,8 +158,10 @@ at::Tensor mask_as_4d(const at::Tensor& mask, const SymShape& score_batch, const
   const int64_t lead = static_cast<int64_t>(scores.size()) - 3;
   bool all_one = true, all_full = true;
   for (int64_t d = 0; d < lead; ++d) {
-    all_one = all_one && padded[d] == 1;
-    all_full = all_full && padded[d] == scores[d];
+    // Decided without a guard on a data-dependent size: unknown is "no",
+    // and the expand below is right either way.
+    all_one = all_one && TORCH_GUARD_OR_FALSE(padded[d].sym_eq(1));
+    all_full = all_full && TORCH_GUARD_OR_FALSE(padded[d].sym_eq(scores[d]));
   }
   SymShape tail = slice(padded, lead, padded.size());
   if (!all_one && !all_full) {
