@@ -8,21 +8,9 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 
 import torch_selfattn
-
-ORIGINAL = torch._C._nn.scaled_dot_product_attention
-
-
-@pytest.fixture(autouse=True)
-def restore_sdpa():
-    assert F.scaled_dot_product_attention is ORIGINAL, "a previous test left SDPA patched"
-    yield
-    F.scaled_dot_product_attention = ORIGINAL
-
-
-def ops_called(fn):
-    with torch.autograd.profiler.profile() as prof:
-        result = fn()
-    return result, {e.name for e in prof.function_events}
+# PyTorch's own function, the fixture that restores it after each test, and
+# the profiler helper.
+from test_patch import ORIGINAL, ops_called, restore_sdpa  # noqa: F401
 
 
 def qkv(L, S, B=2, H=3, E=8, dtype=torch.float32, seed=0):
