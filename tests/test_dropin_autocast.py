@@ -54,6 +54,18 @@ def test_cpu_autocast_leaves_float64_alone_and_raises_as_pytorch():
     assert "Expected query, key, and value to have the same dtype" in str(ours.value)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_autocast_casts_as_pytorch():
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("selfattn::attention_forward", "CUDA"):
+        pytest.skip("built without the CUDA kernels")
+    q, k, v = (randn(2, 3, 64, 64, seed=s).cuda() for s in (1, 2, 3))
+    with torch.autocast("cuda"):
+        want = F.scaled_dot_product_attention(q, k, v.half(), is_causal=True)
+        got = torch_selfattn.scaled_dot_product_attention(q, k, v.half(), is_causal=True)
+    assert got.dtype == want.dtype == torch.float16
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)
+
+
 def test_autocast_gradients_reach_float32_leaves():
     q, k, v = (randn(2, 3, 6, 8, seed=s).requires_grad_() for s in (1, 2, 3))
     grads = []
