@@ -3,6 +3,7 @@
 //   CUDA     csrc/cuda/cuda_ops.cpp
 //   Meta     csrc/api/core/meta_ops.cpp
 //   Autograd csrc/api/autograd/autograd_ops.cpp
+// and Autocast (CPU and CUDA) for the user-facing ops: csrc/api/autocast/autocast_ops.cpp.
 // cpu_tile_gemm and cpu_kernel_paths have no tensor arguments and one kernel
 // for every backend, in csrc/cpu/cpu_ops.cpp.
 // and scaled_dot_product_attention, which turns PyTorch's SDPA semantics into

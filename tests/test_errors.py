@@ -64,8 +64,9 @@ CASES = {
     "bool": (lambda: ((torch.ones(2, 3, 4, dtype=torch.bool),) * 3, {}), RuntimeError,
              SDPA + r"query must be float16, bfloat16, float32 or float64, got Bool", "both"),
     # A floating-point dtype without a kernel: named by our function, not by the core op below it.
-    "float8": (lambda: ((r(2, 3, 4).to(torch.float8_e4m3fn),) * 3, {}), RuntimeError,
-               SDPA + r"query must be float16, bfloat16, float32 or float64, got Float8_e4m3fn", "both"),
+    "float8": (lambda: ((r(2, 3, 4).to(torch.float8_e4m3fn),) * 3, {}), NotImplementedError,
+               SDPA + r"query is Float8_e4m3fn; attention is defined for float16, bfloat16, float32 and float64",
+               "both"),
     "int_key_only": (lambda: ((r(2, 3, 4), torch.ones(2, 3, 4, dtype=torch.int64), r(2, 3, 4)), {}), RuntimeError,
                      SDPA + r"key must be float16, bfloat16, float32 or float64, got Long", "both"),
     "complex64": (lambda: ((r(2, 3, 4, dtype=torch.complex64),) * 3, {}), NotImplementedError,
@@ -95,10 +96,10 @@ CASES = {
                                      RuntimeError,
                                      SDPA + r"with enable_gqa, value's head count \(dim -3, 3\) must divide "
                                      r"query's \(8\)", "both"),
-    "gqa_query_2d": (lambda: ((r(3, 4), r(5, 4), r(5, 4)), {"enable_gqa": True}), RuntimeError,
+    "gqa_query_2d": (lambda: ((r(3, 4), r(5, 4), r(5, 4)), {"enable_gqa": True}), IndexError,
                      SDPA + r"with enable_gqa, query must be at least 3-D \(\.\.\., heads, length, dim\), got shape "
                      r"\[3, 4\]", "both"),
-    "gqa_key_2d": (lambda: ((r(2, 3, 4), r(5, 4), r(2, 5, 4)), {"enable_gqa": True}), RuntimeError,
+    "gqa_key_2d": (lambda: ((r(2, 3, 4), r(5, 4), r(2, 5, 4)), {"enable_gqa": True}), IndexError,
                    SDPA + r"with enable_gqa, key must be at least 3-D", "both"),
     # attn_mask
     "mask_last_dim": (lambda: (qkv(), {"attn_mask": torch.zeros(3, 4)}), RuntimeError,
@@ -117,7 +118,7 @@ CASES = {
                        SDPA + r"attn_mask of shape \[1, 1, 1, 3, 5\] has more dims than the attention scores "
                        r"\(\[1, 2, 3, 5\]\)", "both"),
     # PyTorch's math path broadcasts a 1-D mask; its default CPU path raises.
-    "mask_1d": (lambda: (qkv(), {"attn_mask": torch.zeros(5)}), RuntimeError,
+    "mask_1d": (lambda: (qkv(), {"attn_mask": torch.zeros(5)}), IndexError,
                 SDPA + r"attn_mask must be at least 2-D \(\.\.\., L, S\), got shape \[5\]", "default"),
     "mask_int64": (lambda: (qkv(), {"attn_mask": torch.zeros(3, 5, dtype=torch.int64)}), RuntimeError,
                    SDPA + r"attn_mask must be bool, float32 or query's dtype \(Float\), got Long", "both"),

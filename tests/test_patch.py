@@ -11,24 +11,7 @@ import torch.nn.functional as F
 import torch_selfattn
 import torch_selfattn.patching as patching
 from helpers.models import CausalSelfAttention
-
-# PyTorch's own function, as the C binding holds it.
-ORIGINAL = torch._C._nn.scaled_dot_product_attention
-
-
-@pytest.fixture(autouse=True)
-def restore_sdpa():
-    assert F.scaled_dot_product_attention is ORIGINAL, "a previous test left SDPA patched"
-    yield
-    F.scaled_dot_product_attention = ORIGINAL
-
-
-def ops_called(fn):
-    """Runs fn under the autograd profiler; returns (its result, the set of op
-    names recorded)."""
-    with torch.autograd.profiler.profile() as prof:
-        result = fn()
-    return result, {e.name for e in prof.function_events}
+from helpers.patching import ORIGINAL, ops_called, restore_sdpa  # noqa: F401 (an autouse fixture)
 
 
 def hits_ours(names):

@@ -7,6 +7,15 @@ import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
+# The dtypes the kernels compute in.
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _has_kernel(device_type):
+    """Whether the loaded library has kernels for tensors of this device type."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("selfattn::attention_forward", key)
+
 
 def _library_path():
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:

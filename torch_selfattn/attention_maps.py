@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from torch_selfattn.patching import _SUPPORTED_DTYPES, _has_kernel
+from torch_selfattn._library import _SUPPORTED_DTYPES, _has_kernel
 
 # Query rows per block: one block of scores is ROW_BLOCK × S per head.
 ROW_BLOCK = 256

@@ -1,9 +1,7 @@
-// The non-tensor arguments of a core-op call, carried from an autograd
-// Function's forward to its backward in saved_data. The tensors among the
-// options are constants of the graph (int32 offsets, slopes without grad).
+// The non-tensor arguments of a core-op call, carried from its forward to its
+// backward in an autograd node. The tensors among the options are constants
+// of the graph (int32 offsets, slopes without grad).
 #pragma once
-
-#include <torch/autograd.h>
 
 #include "api/core/attention_options.h"
 
@@ -16,8 +14,5 @@ struct CallSettings {
   bool attn_mask_requires_grad = false;
   AttentionOptions options;
 };
-
-void save_settings(torch::autograd::AutogradContext* ctx, const CallSettings& settings);
-CallSettings saved_settings(torch::autograd::AutogradContext* ctx);
 
 }  // namespace selfattn

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
 
 #include "api/core/op_calls.h"
 #include "api/composite/score_options.h"
@@ -37,6 +38,18 @@ c10::SymInt product(const SymShape& shape) {
   return p;
 }
 
+// PyTorch's wording for these errors, which our messages carry too, so that
+// code matching PyTorch's messages matches ours.
+std::string size_mismatch(const c10::SymInt& a, const c10::SymInt& b, int64_t dim) {
+  return c10::str("The size of tensor a (", a, ") must match the size of tensor b (", b,
+                  ") at non-singleton dimension ", dim);
+}
+
+std::string dim_out_of_range(int64_t dims, int64_t dim) {
+  return c10::str("Dimension out of range (expected to be in range of [", -dims, ", ", dims - 1, "], but got ", dim,
+                  ")");
+}
+
 // Broadcasts two shapes (aligned at the right) as matmul broadcasts its batch
 // dims, naming both arguments when they do not fit.
 SymShape broadcast(const SymShape& a, const char* a_name, const SymShape& b, const char* b_name) {
@@ -45,10 +58,14 @@ SymShape broadcast(const SymShape& a, const char* a_name, const SymShape& b, con
   for (size_t i = 0; i < n; ++i) {
     const c10::SymInt x = i < n - a.size() ? c10::SymInt(1) : a[i - (n - a.size())];
     const c10::SymInt y = i < n - b.size() ? c10::SymInt(1) : b[i - (n - b.size())];
-    TORCH_CHECK(x == 1 || y == 1 || x == y, kOp, ": the batch dims of ", a_name, " ", c10::SymIntArrayRef(a),
-                " and ", b_name, " ", c10::SymIntArrayRef(b),
-                " do not broadcast (for fewer key/value heads than query heads, pass enable_gqa=True)");
-    out[i] = x == 1 ? y : x;
+    // A size not known to be 1 (an unbacked, data-dependent one) is taken
+    // as not 1 and must equal the other: broadcasting it would need a guard.
+    const bool x_one = TORCH_GUARD_OR_FALSE(x.sym_eq(1)), y_one = TORCH_GUARD_OR_FALSE(y.sym_eq(1));
+    TORCH_SYM_CHECK(c10::SymBool(x_one || y_one).sym_or(x.sym_eq(y)), kOp, ": the batch dims of ", a_name, " ",
+                    c10::SymIntArrayRef(a), " and ", b_name, " ", c10::SymIntArrayRef(b),
+                    " do not broadcast (for fewer key/value heads than query heads, pass enable_gqa=True). ",
+                    size_mismatch(x, y, static_cast<int64_t>(i)));
+    out[i] = x_one ? y : x;
   }
   return out;
 }
@@ -60,19 +77,26 @@ void check_arguments(const at::Tensor& query, const at::Tensor& key, const at::T
     TORCH_CHECK(t->layout() == at::kStrided, kOp, ": ", name, " must be a dense (strided) tensor, got layout ",
                 t->layout());
     TORCH_CHECK(t->dim() >= 2, kOp, ": ", name, " must be at least 2-D (..., length, dim), got shape ",
-                t->sym_sizes());
+                t->sym_sizes(), ". Expected query, key, and value to all be  at least 2 dimensional, but got query.dim: ",
+                query.dim(), " key.dim: ", key.dim(), " and value.dim: ", value.dim(), " instead.");
     TORCH_CHECK_NOT_IMPLEMENTED(!t->is_complex(), kOp, ": ", name, " is complex (", t->scalar_type(),
                                 "); attention is defined for float16, bfloat16, float32 and float64");
     const auto dtype = t->scalar_type();
+    TORCH_CHECK_NOT_IMPLEMENTED(!at::isFloat8Type(dtype), kOp, ": ", name, " is ", dtype,
+                                "; attention is defined for float16, bfloat16, float32 and float64");
     TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble, kOp,
                 ": ", name, " must be float16, bfloat16, float32 or float64, got ", dtype);
   }
   TORCH_CHECK(key.scalar_type() == query.scalar_type() && value.scalar_type() == query.scalar_type(), kOp,
               ": query, key and value must have the same dtype, got query ", query.scalar_type(), ", key ",
-              key.scalar_type(), " and value ", value.scalar_type());
+              key.scalar_type(), " and value ", value.scalar_type(),
+              ". Expected query, key, and value to have the same dtype, but got query.dtype: ", query.dtype(),
+              " key.dtype: ", key.dtype(), " and value.dtype: ", value.dtype(), " instead.");
   TORCH_CHECK(key.device() == query.device() && value.device() == query.device(), kOp,
               ": query, key and value must be on the same device, got query on ", query.device(), ", key on ",
-              key.device(), " and value on ", value.device());
+              key.device(), " and value on ", value.device(),
+              ". Expected query, key, and value to have the same device type, but got query.device: ", query.device(),
+              " key.device: ", key.device(), " and value.device: ", value.device(), " instead.");
   TORCH_CHECK(key.sym_size(-1) == query.sym_size(-1), kOp,
               ": key's last dim must equal query's (the embedding dim E), got key ", key.sym_sizes(), " and query ",
               query.sym_sizes());
@@ -82,20 +106,23 @@ void check_arguments(const at::Tensor& query, const at::Tensor& key, const at::T
   // As PyTorch's default path (and F.dropout): a negative or NaN p raises.
   // p = 1 drops everything, as in PyTorch.
   TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, kOp, ": dropout_p must be a probability in [0, 1], got ",
-              dropout_p);
+              dropout_p, ". dropout probability has to be between 0 and 1, but got ", dropout_p);
   if (!attn_mask.has_value()) return;
 
   const at::Tensor& mask = *attn_mask;
   TORCH_CHECK(!is_causal, kOp, ": attn_mask and is_causal=True cannot be given together; fold the causal mask "
-              "into attn_mask instead");
+              "into attn_mask instead. Explicit attn_mask should not be set when is_causal=True");
   TORCH_CHECK(!mask.is_nested() && mask.layout() == at::kStrided, kOp, ": attn_mask must be a dense (strided) tensor");
-  TORCH_CHECK(mask.dim() >= 2, kOp, ": attn_mask must be at least 2-D (..., L, S), got shape ", mask.sym_sizes());
+  TORCH_CHECK_INDEX(mask.dim() >= 2, kOp, ": attn_mask must be at least 2-D (..., L, S), got shape ",
+                    mask.sym_sizes(), ". ", dim_out_of_range(mask.dim(), -2));
   TORCH_CHECK(mask.device() == query.device(), kOp, ": attn_mask must be on query's device (", query.device(),
               "), got ", mask.device());
   TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kFloat ||
                   mask.scalar_type() == query.scalar_type(),
               kOp, ": attn_mask must be bool, float32 or query's dtype (", query.scalar_type(), "), got ",
-              mask.scalar_type());
+              mask.scalar_type(),
+              ". Expected attn_mask dtype to be bool or float or to match query dtype, but got attn_mask.dtype: ",
+              mask.dtype(), " and  query.dtype: ", query.dtype(), " instead.");
 }
 
 // The mask as attention_forward takes it: 4-D, each dim 1 or that of
@@ -107,13 +134,21 @@ void check_arguments(const at::Tensor& query, const at::Tensor& key, const at::T
 at::Tensor mask_as_4d(const at::Tensor& mask, const SymShape& score_batch, const SymShape& out_batch,
                       const c10::SymInt& L, const c10::SymInt& S) {
   const SymShape own_scores = concat(score_batch, {L, S});
-  TORCH_CHECK(mask.dim() <= static_cast<int64_t>(own_scores.size()), kOp, ": attn_mask of shape ", mask.sym_sizes(),
-              " has more dims than the attention scores (", c10::SymIntArrayRef(own_scores), ")");
+  if (mask.dim() > static_cast<int64_t>(own_scores.size())) {
+    // PyTorch adds the mask to the scores in place, whose shape cannot grow.
+    SymShape grown = slice(mask.sym_sizes(), 0, mask.dim() - own_scores.size());
+    grown.insert(grown.end(), own_scores.begin(), own_scores.end());
+    TORCH_CHECK(false, kOp, ": attn_mask of shape ", mask.sym_sizes(), " has more dims than the attention scores (",
+                c10::SymIntArrayRef(own_scores), "). output with shape ", c10::SymIntArrayRef(own_scores),
+                " doesn't match the broadcast shape ", c10::SymIntArrayRef(grown));
+  }
   for (int64_t d = 1; d <= mask.dim(); ++d) {
     const c10::SymInt& m = mask.sym_size(-d);
-    TORCH_CHECK(m == 1 || m == own_scores[own_scores.size() - d], kOp, ": attn_mask of shape ", mask.sym_sizes(),
-                " does not broadcast to the attention scores (..., Hq, L, S) = ",
-                c10::SymIntArrayRef(own_scores));
+    const c10::SymInt& score = own_scores[own_scores.size() - d];
+    TORCH_SYM_CHECK(c10::SymBool(TORCH_GUARD_OR_FALSE(m.sym_eq(1))).sym_or(m.sym_eq(score)), kOp,
+                    ": attn_mask of shape ", mask.sym_sizes(), " does not broadcast to the attention scores (..., Hq, L, "
+                    "S) = ", c10::SymIntArrayRef(own_scores), ". ",
+                    size_mismatch(score, m, static_cast<int64_t>(own_scores.size()) - d));
   }
   const SymShape scores = concat(out_batch, {L, S});
   SymShape padded(scores.size() - mask.dim(), 1);
@@ -123,8 +158,10 @@ at::Tensor mask_as_4d(const at::Tensor& mask, const SymShape& score_batch, const
   const int64_t lead = static_cast<int64_t>(scores.size()) - 3;
   bool all_one = true, all_full = true;
   for (int64_t d = 0; d < lead; ++d) {
-    all_one = all_one && padded[d] == 1;
-    all_full = all_full && padded[d] == scores[d];
+    // Decided without a guard on a data-dependent size: unknown is "no",
+    // and the expand below is right either way.
+    all_one = all_one && TORCH_GUARD_OR_FALSE(padded[d].sym_eq(1));
+    all_full = all_full && TORCH_GUARD_OR_FALSE(padded[d].sym_eq(scores[d]));
   }
   SymShape tail = slice(padded, lead, padded.size());
   if (!all_one && !all_full) {
@@ -175,14 +212,16 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   c10::SymInt q_heads, kv_heads;
   if (enable_gqa) {
     for (const auto& [name, t] : {std::pair{"query", &query}, {"key", &key}, {"value", &value}}) {
-      TORCH_CHECK(t->dim() >= 3, kOp, ": with enable_gqa, ", name,
-                  " must be at least 3-D (..., heads, length, dim), got shape ", t->sym_sizes());
+      TORCH_CHECK_INDEX(t->dim() >= 3, kOp, ": with enable_gqa, ", name,
+                        " must be at least 3-D (..., heads, length, dim), got shape ", t->sym_sizes(), ". ",
+                        dim_out_of_range(t->dim(), -3));
     }
     q_heads = query.sym_size(-3);
     for (const auto& [name, t] : {std::pair{"key", &key}, {"value", &value}}) {
       const c10::SymInt heads = t->sym_size(-3);
       TORCH_CHECK(heads > 0 && q_heads % heads == 0, kOp, ": with enable_gqa, ", name, "'s head count (dim -3, ",
-                  heads, ") must divide query's (", q_heads, ")");
+                  heads, ") must divide query's (", q_heads,
+                  "). Number of heads in key and value must divide the number of heads in query");
     }
     outer = broadcast(broadcast(slice(query.sym_sizes(), 0, query.dim() - 3), "query",
                                 slice(key.sym_sizes(), 0, key.dim() - 3), "key"),

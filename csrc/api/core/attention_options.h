@@ -2,10 +2,10 @@
 // list below generates the schema text (csrc/ops.cpp), the AttentionOptions
 // struct that the code between the ops and the kernels passes instead of
 // ten arguments, the ops' unpacked signatures (core_op_kernels.h), the calls
-// through the dispatcher (op_calls.cpp) and the save and load of an autograd
-// call's settings (api/autograd/saved_settings.cpp). A new option is one
-// line here, its check (input_checks.cpp) and its translation for the
-// kernels (kernel_params.cpp).
+// through the dispatcher (op_calls.cpp); autograd nodes keep the gathered
+// struct (api/autograd/saved_settings.h). A new option is one line here, its
+// check (input_checks.cpp) and its translation for the kernels
+// (kernel_params.cpp).
 //
 // What they mean (see csrc/common/attention_params.h for the exact rules):
 //   window_left, window_right  a sliding window; -1 is no bound
@@ -48,9 +48,6 @@
 #define SELFATTN_OPTION_NAME(type, name, value, schema_type, schema_value) name,
 // ...an argument of a call, taken from an AttentionOptions named `options`.
 #define SELFATTN_OPTION_FROM_OPTIONS(type, name, value, schema_type, schema_value) , options.name
-// ...saved into, or loaded from, an autograd context's saved_data `d`.
-#define SELFATTN_OPTION_SAVE(type, name, value, schema_type, schema_value) d[#name] = options.name;
-#define SELFATTN_OPTION_LOAD(type, name, value, schema_type, schema_value) options.name = d[#name].to<type>();
 
 namespace selfattn {
 

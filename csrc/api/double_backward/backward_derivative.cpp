@@ -147,8 +147,16 @@ BackwardInputs attention_backward_derivative(const BackwardCall& call, const std
   const CallSettings& s = call.settings;
   // The parameters of the call as the kernels saw them, for the score rules.
   const AttentionOptions options = kernel_options(on_host(s.options), call.query.scalar_type());
-  AttentionParams params = make_params(call.query, call.key, call.value, std::nullopt, call.output, call.logsumexp,
-                                       s.dropout_p, s.is_causal, s.scale, options);
+  // The score rules read shapes and settings only, never the tensors'
+  // values: one-element stand-ins of their shapes, since torch.func's wrapped
+  // tensors have no storage to point at.
+  auto shape_only = [](const at::Tensor& t) {
+    const OutsideFunctorch plain;
+    return at::zeros({}, t.options().device(at::kCPU)).expand(t.sizes());
+  };
+  AttentionParams params = make_params(shape_only(call.query), shape_only(call.key), shape_only(call.value),
+                                       std::nullopt, shape_only(call.output), shape_only(call.logsumexp), s.dropout_p,
+                                       s.is_causal, s.scale, options);
   if (params.dropout.enabled()) read_dropout_state(call.rng_state.cpu(), params.dropout);
   const at::TensorOptions acc = call.query.options().dtype(accumulator_type(call.query.scalar_type()));
 
@@ -161,7 +169,15 @@ BackwardInputs attention_backward_derivative(const BackwardCall& call, const std
   BackwardInputs result;
   for (int i = 0; i < kBackwardInputs; ++i) {
     differentiate[i] = wanted[i] && base[i].defined();
-    if (create_graph || !base[i].defined()) continue;
+    if (!base[i].defined()) continue;
+    if (create_graph) {
+      // Aliases of their own in the graph, so that each input's gradient is
+      // its partial derivative: differentiated as they are, an input reached
+      // through another's graph (grad_output computed from q) would get that
+      // path twice, here and through the other's gradient.
+      base[i] = base[i].view_as(base[i]);
+      continue;
+    }
     base[i] = base[i].detach().requires_grad_(differentiate[i]);
     if (differentiate[i]) result[i] = at::zeros_like(base[i]);
   }

@@ -27,6 +27,7 @@ void fill_tiles(at::Tensor& t, const ScoreBlock& block, Fill&& fill_tile) {
 }  // namespace
 
 BlockConstants block_constants(const AttentionParams& p, const ScoreBlock& block, const at::TensorOptions& options) {
+  const OutsideFunctorch plain;
   const at::TensorOptions host = options.device(at::kCPU);
   const bool alibi = p.alibi_slopes != nullptr;
   BlockConstants c;

@@ -11,11 +11,20 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include "api/double_backward/recomputed_gradients.h"
 #include "common/attention_params.h"
 
 namespace selfattn {
+
+// Tensors made in its scope are plain, not wrapped by torch.func's transforms
+// as they would be while one runs: host constants the same at every level,
+// whose memory the score rules write.
+struct OutsideFunctorch {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::DispatchKeySet(
+      {c10::DispatchKey::FuncTorchDynamicLayerFrontMode, c10::DispatchKey::FuncTorchDynamicLayerBackMode})};
+};
 
 // A block of scores of a problem: batches [batch0, batch0 + batches), query
 // rows [row0, row0 + rows) of every head, key columns [key0, key0 + keys).
