@@ -19,6 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import torch_selfattn
+
 from reference import assert_within_dtype_rule, ours, poisoned_outputs, pytorch_sdpa
 from test_cuda import (
     DEVICE,
@@ -31,7 +33,6 @@ from test_cuda import (
     make_mask,
 )
 from test_cuda_runtime import capture
-from torch_selfattn.info import compiled_cuda_archs
 
 SWITCH = "TORCH_SELFATTN_HOPPER"
 
@@ -44,8 +45,9 @@ def hopper_missing():
     capability = torch.cuda.get_device_capability()
     if capability != (9, 0):
         return f"the Hopper kernels need compute capability 9.0; this device has {capability[0]}.{capability[1]}"
-    if "sm_90a" not in compiled_cuda_archs():
-        return f"torch_selfattn was built without sm_90a code (compiled for {compiled_cuda_archs()})"
+    archs = torch_selfattn.build_info()["cuda_archs"]
+    if "sm_90a" not in archs:
+        return f"torch_selfattn was built without sm_90a code (compiled for {archs})"
     return None
 
 
