@@ -133,7 +133,9 @@ def main():
 
     use_cuda, why = cuda_plan()
     debug = env_flag("TORCH_SELFATTN_DEBUG")
-    cuda_arch_flags = os.environ.get("TORCH_SELFATTN_CUDA_ARCH_FLAGS", DEFAULT_CUDA_ARCH_FLAGS).split() if use_cuda else []
+    cuda_arch_flags = []
+    if use_cuda:
+        cuda_arch_flags = os.environ.get("TORCH_SELFATTN_CUDA_ARCH_FLAGS", DEFAULT_CUDA_ARCH_FLAGS).split()
     kernels = f"CPU and CUDA kernels ({' '.join(cuda_arch_flags)})" if use_cuda else "CPU kernels only"
     print(f"torch-selfattn: building the {kernels} against torch {torch.__version__}: {why}. "
           f"Debug info: {'kept (TORCH_SELFATTN_DEBUG=1)' if debug else 'stripped'}.", file=sys.stderr, flush=True)

@@ -47,7 +47,8 @@ def test_version_check_ignores_only_the_local_label(installed, ok):
     if ok:
         _build_record.check_torch_version(record, installed)
     else:
-        with pytest.raises(ImportError, match=re.escape(f"built against torch 2.13.0+cpu, but torch {installed} is installed")):
+        message = f"built against torch 2.13.0+cpu, but torch {installed} is installed"
+        with pytest.raises(ImportError, match=re.escape(message)):
             _build_record.check_torch_version(record, installed)
 
 
@@ -152,3 +153,45 @@ def test_sdist_metadata(sdist):
     requires = meta.get_all("Requires-Dist")
     assert "torch>=2.13" in requires and any("extra == \"test\"" in r for r in requires)
     assert "Operating System :: POSIX :: Linux" in meta.get_all("Classifier")
+
+
+# --- torch.export: loading needs the ops registered --------------------------------------------------------------
+
+EXPORT = """
+import sys, torch
+import torch_selfattn
+
+class Attention(torch.nn.Module):
+    def forward(self, q, k, v):
+        return torch_selfattn.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+torch.export.save(torch.export.export(Attention(), (q, k, v)), sys.argv[1])
+torch.save((q, k, v), sys.argv[2])
+"""
+
+LOAD = """
+import sys, torch
+if sys.argv[3] == "import":
+    import torch_selfattn
+program = torch.export.load(sys.argv[1])
+q, k, v = torch.load(sys.argv[2])
+expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+torch.testing.assert_close(program.module()(q, k, v), expected)
+print("loaded and ran")
+"""
+
+
+def test_exported_program_loads_in_a_fresh_process_only_after_import_torch_selfattn(tmp_path):
+    program, inputs = str(tmp_path / "attention.pt2"), str(tmp_path / "inputs.pt")
+
+    def python(code, *args):
+        return subprocess.run([sys.executable, "-c", code, program, inputs, *args], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+
+    exported = python(EXPORT)
+    assert exported.returncode == 0, exported.stderr
+    without = python(LOAD, "no-import")
+    assert without.returncode != 0 and "SerializeError" in without.stderr and "selfattn" in without.stderr
+    with_import = python(LOAD, "import")
+    assert with_import.returncode == 0 and "loaded and ran" in with_import.stdout, with_import.stderr

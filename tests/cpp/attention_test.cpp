@@ -91,7 +91,9 @@ int main() {
   const auto cu_q = torch::tensor({0, 5, 16}, torch::kInt32);
   const auto cu_k = torch::tensor({0, 7, 11}, torch::kInt32);
   compare("varlen, causal", {input({16, 4, 8}), input({11, 2, 8}), input({11, 2, 8})},
-          [&](const auto& t) { return torch_selfattn::varlen_attention(t[0], t[1], t[2], cu_q, cu_k, 11, 7, 0.0, true); },
+          [&](const auto& t) {
+            return torch_selfattn::varlen_attention(t[0], t[1], t[2], cu_q, cu_k, 11, 7, 0.0, true);
+          },
           [](const auto& t) {
             auto sequence = [&](int64_t q0, int64_t q1, int64_t k0, int64_t k1) {
               auto heads_first = [](const torch::Tensor& x) { return x.transpose(0, 1); };
