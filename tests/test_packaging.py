@@ -32,7 +32,7 @@ def test_import_with_another_torch_raises_import_error_naming_both_versions():
     built = _build_record.read()["torch_version"]
     result = subprocess.run(
         [sys.executable, "-c", "import torch; torch.__version__ = '2.99.0+cpu'; import torch_selfattn"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ImportError: torch_selfattn was built against torch")
@@ -187,7 +187,7 @@ def test_exported_program_loads_in_a_fresh_process_only_after_import_torch_selfa
 
     def python(code, *args):
         return subprocess.run([sys.executable, "-c", code, program, inputs, *args], capture_output=True, text=True,
-                              timeout=300, cwd=ROOT)
+                              timeout=300)
 
     exported = python(EXPORT)
     assert exported.returncode == 0, exported.stderr
