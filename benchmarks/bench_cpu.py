@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import torch_selfattn
 from cpu_feature_cases import feature_tables
-from torch_selfattn.info import cpu_model
+from torch_selfattn._cli.info import cpu_model
 
 
 @dataclass(frozen=True)

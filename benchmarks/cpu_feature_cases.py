@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
-from torch_selfattn.timing import median_seconds
+from torch_selfattn._cli.timing import median_seconds
 
 
 def randn(*shape, dtype=torch.float32, generator=None, grad=True):

@@ -19,10 +19,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import torch_selfattn
+
 from helpers.cuda import DEVICE, HALF_DTYPES, HALF_IDS, capture, cuda_kernels_missing, cuda_qkv, make_mask
 from helpers.reference import (YARDSTICK_BACKENDS, assert_within_dtype_rule, check_against_reference, ours,
                                poisoned_outputs, pytorch_sdpa)
-from torch_selfattn.info import compiled_cuda_archs
 
 SWITCH = "TORCH_SELFATTN_HOPPER"
 
@@ -35,8 +36,9 @@ def hopper_missing():
     capability = torch.cuda.get_device_capability()
     if capability != (9, 0):
         return f"the Hopper kernels need compute capability 9.0; this device has {capability[0]}.{capability[1]}"
-    if "sm_90a" not in compiled_cuda_archs():
-        return f"torch_selfattn was built without sm_90a code (compiled for {compiled_cuda_archs()})"
+    archs = torch_selfattn.build_info()["cuda_archs"]
+    if "sm_90a" not in archs:
+        return f"torch_selfattn was built without sm_90a code (compiled for {archs})"
     return None
 
 

@@ -1,5 +1,7 @@
 """The demo (python -m torch_selfattn.demo) on a tiny configuration, its exit
-status when the runs disagree, and the command line: info and bench."""
+status when the runs disagree, and the command line: info, bench, --version
+and --help."""
+import os
 import re
 import subprocess
 import sys
@@ -7,9 +9,10 @@ import sys
 import pytest
 import torch
 
+import torch_selfattn
 import torch_selfattn.demo.__main__ as demo
-import torch_selfattn.info as info
-from torch_selfattn.__main__ import main as cli_main
+from torch_selfattn._cli.main import main as cli_main
+from torch_selfattn.demo.text import text_path
 
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
@@ -76,16 +79,7 @@ def test_info_prints_versions_isa_kernels_and_cuda_archs():
     assert f"torch {torch.__version__}" in out
     assert f"CPU ISA in use   {torch.backends.cpu.get_cpu_capability()}" in out
     assert "kernels for    CPU" in out and "CUDA archs" in out
-
-
-def test_compiled_cuda_archs_come_from_the_build_record(tmp_path, monkeypatch):
-    record = tmp_path / "_cuda_arch_flags.txt"
-    record.write_text("-gencode=arch=compute_80,code=sm_80\n-gencode=arch=compute_90a,code=sm_90a\n")
-    monkeypatch.setattr(info, "_CUDA_ARCH_RECORD", str(record))
-    monkeypatch.setattr(info, "build_info", lambda: {"backends": ["CPU", "CUDA", "Meta"]})
-    assert info.compiled_cuda_archs() == ["sm_80", "sm_90a"]
-    monkeypatch.setattr(info, "build_info", lambda: {"backends": ["CPU", "Meta"]})
-    assert info.compiled_cuda_archs() == []
+    assert f"built with     torch {torch_selfattn.build_info()['built_with_torch']}" in out
 
 
 def test_bench_prints_a_row_per_case_with_the_speed_ratio(capsys):
@@ -104,3 +98,41 @@ def test_cli_needs_a_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main([])
     assert exit_info.value.code == 2
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"torch-selfattn {torch_selfattn.__version__}\n"
+
+
+def test_bench_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: [256, 1024])", "(default: ['float32', 'bfloat16'])", "(default: 5)",
+                    "(default: cpu)", f"(default: {torch.get_num_threads()})"):
+        assert default in out
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "unknown device 'tpu'"),
+    ("meta", "unsupported device 'meta'"),
+    ("cuda", "--device cuda needs a CUDA device and torch-selfattn built with CUDA kernels"),
+])
+def test_bench_on_an_unavailable_device_is_a_one_line_error(device, message):
+    if device == "cuda" and "CUDA" in torch_selfattn_backends() and torch.cuda.is_available():
+        pytest.skip("CUDA is available to this build")
+    result = subprocess.run([sys.executable, "-m", "torch_selfattn", "bench", "--device", device],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("python -m torch_selfattn bench: error: ") and message in result.stderr
+
+
+def test_demo_text_is_outside_the_import_package():
+    package = os.path.dirname(os.path.abspath(torch_selfattn.__file__))
+    path = text_path()
+    assert os.path.getsize(path) > 300_000
+    assert not os.path.abspath(path).startswith(package + os.sep)

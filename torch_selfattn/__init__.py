@@ -11,9 +11,15 @@ PyTorch's dispatcher:
 
 Hugging Face transformers: ``torch_selfattn.integrations.huggingface.register()``
 makes ``attn_implementation="torch_selfattn"`` available.
+
+Models saved with ``torch.export`` that call these ops need ``import
+torch_selfattn`` before ``torch.export.load``, so that the ops are registered.
 """
+from torch_selfattn import _build_record
 from torch_selfattn._library import build_info, load_library
 
+# Before loading: a library built against another torch fails to load, or worse.
+_build_record.check_torch_version(_build_record.read())
 load_library()
 
 from torch_selfattn.attention_maps import attention_weights  # noqa: E402

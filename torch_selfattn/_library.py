@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from torch_selfattn import _build_record
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The dtypes the kernels compute in.
@@ -37,17 +39,21 @@ def build_info():
     have kernels for the core ops, the CPU kernels' tile products ("blas":
     the BLAS that PyTorch links, or "portable"), the x86-64 level of their
     vectorised loops, and how they multiply bfloat16 ("matrix units (AMX)"
-    or "float products")."""
+    or "float products"), the torch version it was built against, and the
+    GPU architectures of its CUDA kernels ([] without them)."""
     backends = [
         key
         for key in ("CPU", "CUDA", "Meta")
         if torch._C._dispatch_has_kernel_for_dispatch_key("selfattn::attention_forward", key)
     ]
     vector_loops, bf16_products = torch.ops.selfattn.cpu_kernel_paths()
+    record = _build_record.read()
     return {
         "library": _library_path(),
         "backends": backends,
         "tile_gemm": torch.ops.selfattn.cpu_tile_gemm(),
         "vector_loops": vector_loops,
         "bf16_products": bf16_products,
+        "built_with_torch": record.get("torch_version"),
+        "cuda_archs": _build_record.cuda_archs(record) if "CUDA" in backends else [],
     }

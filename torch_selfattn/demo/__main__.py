@@ -1,7 +1,7 @@
 """torch-selfattn's demo: train a small character-level GPT, twice.
 
 The GPT (torch_selfattn.demo.gpt, built from MultiheadSelfAttention) learns
-the King James text of Genesis and Exodus shipped with the package, one
+the King James text of Genesis and Exodus shipped with it, one
 character at a time. Two copies with the same initial weights train in
 lockstep on the same batches: one on torch-selfattn's kernels, one on
 PyTorch's scaled_dot_product_attention. At the end the demo prints how closely
@@ -22,9 +22,9 @@ import time
 
 import torch
 
-import torch_selfattn
+from torch_selfattn._cli.devices import pick_device
 from torch_selfattn.demo.gpt import GPT, GPTConfig
-from torch_selfattn.demo.text import TEXT_PATH, CharText
+from torch_selfattn.demo.text import TEXT_NAME, CharText
 from torch_selfattn.demo.training import make_run, train_in_lockstep
 
 # PyTorch's own function, whatever patch_sdpa has done to torch.nn.functional.
@@ -69,24 +69,6 @@ def parse_args(argv):
     except ValueError as error:
         parser.error(str(error))
     return args
-
-
-def pick_device(requested):
-    """The device to run on; ValueError where torch-selfattn has no kernels for it."""
-    backends = torch_selfattn.build_info()["backends"]
-    cuda_ok = "CUDA" in backends and torch.cuda.is_available()
-    if requested == "auto":
-        return torch.device("cuda" if cuda_ok else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"unknown device {requested!r}; use cpu, cuda or auto") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {requested!r}; use cpu, cuda or auto")
-    if device.type == "cuda" and not cuda_ok:
-        raise ValueError(f"--device {requested} needs a CUDA device and torch-selfattn built with CUDA kernels "
-                         f"(this build has kernels for: {', '.join(backends)})")
-    return device
 
 
 def require_demo_packages():
@@ -154,7 +136,7 @@ def main(argv=None):
     threads = torch.get_num_threads()
     threads = f", {threads} thread{'' if threads == 1 else 's'}" if device.type == "cpu" else ""
     print(f"torch-selfattn demo: torch {torch.__version__}, device {device}{threads}")
-    print(f"text: {os.path.basename(TEXT_PATH)}, {len(text.train) + len(text.val):,} characters, "
+    print(f"text: {TEXT_NAME}, {len(text.train) + len(text.val):,} characters, "
           f"vocabulary of {text.vocab_size}")
     print(f"model: character-level GPT, {args.layers} layers, {args.heads} heads, width {args.embed_dim}, "
           f"context {args.block_size}, {params / 1e6:.2f}M parameters")

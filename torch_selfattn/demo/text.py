@@ -1,10 +1,27 @@
 """The demo's training text and its character vocabulary."""
 import os
+import sysconfig
 
 import torch
 
-TEXT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
-                         "kjv_genesis_exodus.txt")
+TEXT_NAME = "kjv_genesis_exodus.txt"
+# The 384 KB text is kept out of the import package: data/ in the source
+# tree (an in-place or editable build), <prefix>/share/torch-selfattn/ in an
+# installation (setup.py's data_files).
+_TEXT_DIRS = [
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data"),
+    *(os.path.join(sysconfig.get_path("data", scheme), "share", "torch-selfattn")
+      for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user"))),
+]
+
+
+def text_path():
+    """Where the demo's text is; FileNotFoundError naming the places looked in."""
+    for directory in _TEXT_DIRS:
+        path = os.path.join(directory, TEXT_NAME)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"the demo's text {TEXT_NAME} is in none of {', '.join(_TEXT_DIRS)}")
 
 
 class CharText:
@@ -19,8 +36,8 @@ class CharText:
         self.train, self.val = ids[:split], ids[split:]
 
     @classmethod
-    def load(cls, path=TEXT_PATH):
-        with open(path, encoding="utf-8") as f:
+    def load(cls, path=None):
+        with open(path or text_path(), encoding="utf-8") as f:
             return cls(f.read())
 
     @property

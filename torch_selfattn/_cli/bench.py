@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from torch_selfattn.functional import scaled_dot_product_attention
-from torch_selfattn.timing import median_seconds
+from torch_selfattn._cli.timing import median_seconds
 
 # PyTorch's own function, whatever patch_sdpa has done to torch.nn.functional.
 _pytorch_sdpa = torch._C._nn.scaled_dot_product_attention

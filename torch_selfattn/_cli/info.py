@@ -3,23 +3,10 @@ what it runs on."""
 import importlib.metadata
 import os
 import platform
-import re
 
 import torch
 
 from torch_selfattn._library import build_info
-
-_CUDA_ARCH_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_arch_flags.txt")
-
-
-def compiled_cuda_archs():
-    """The GPU architectures our CUDA kernels were compiled for (e.g. sm_80,
-    sm_90a), read from the nvcc flags that setup.py recorded; [] for a
-    CPU-only build."""
-    if "CUDA" not in build_info()["backends"] or not os.path.exists(_CUDA_ARCH_RECORD):
-        return []
-    with open(_CUDA_ARCH_RECORD) as f:
-        return sorted(set(re.findall(r"code=\[?([a-z]+_\d+a?)", f.read())))
 
 
 def _version(package):
@@ -45,12 +32,13 @@ def report():
     from torch_selfattn import __version__
 
     info = build_info()
-    archs = compiled_cuda_archs()
+    archs = info["cuda_archs"]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
     tile_gemm = {"blas": "blas (the BLAS PyTorch links)", "portable": "portable (our own loops)"}
     return [
         f"torch-selfattn {__version__}",
         f"  library        {info['library']}",
+        f"  built with     torch {info['built_with_torch']}",
         f"  kernels for    {', '.join(info['backends'])}",
         f"  CPU tiles      {tile_gemm.get(info['tile_gemm'], info['tile_gemm'])}",
         f"  CPU loops      {info['vector_loops']}; bfloat16 products on {info['bf16_products']}",
