@@ -51,6 +51,9 @@ def extension():
         # The Hopper kernels need the arch-specific sm_90a code (wgmma,
         # setmaxnreg); the host side takes them only when it was built.
         hopper_flags = ["-DTORCH_SELFATTN_SM90A=1"] if any("90a" in flag for flag in arch_flags) else []
+        # More nvcc flags for a diagnostic build, e.g. -DTORCH_SELFATTN_DEBUG_HANGS
+        # (csrc/cuda/hopper/barrier.cuh); benchmarks/gpu_check.sh sets it.
+        extra_nvcc_flags = os.environ.get("TORCH_SELFATTN_NVCC_FLAGS", "").split()
         return cpp_extension.CUDAExtension(
             "torch_selfattn._C",
             cpp_sources + cuda_sources,
@@ -58,7 +61,8 @@ def extension():
             define_macros=[("TORCH_SELFATTN_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + arch_flags + hopper_flags,
+                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + arch_flags + hopper_flags
+                + extra_nvcc_flags,
             },
             extra_link_args=link_flags,
         )
