@@ -294,7 +294,8 @@ write_summary() {  # [--console]
 # records the result.
 run_step() {  # step
   local step=$1 budget start rc status note=""
-  budget=$((DEADLINE - SECONDS))
+  # 20 s of TOTAL_BUDGET stay for the last kill's grace and the summary.
+  budget=$((DEADLINE - SECONDS - 20))
   ((budget > BUDGET[$step])) && budget=${BUDGET[$step]}
   if [[ -n "${DRY_RUN:-}" ]]; then
     echo "  $step (budget ${BUDGET[$step]} s):"
