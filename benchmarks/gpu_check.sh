@@ -166,11 +166,19 @@ step_build() {
   run_logged "$log" env MAX_JOBS="$BUILD_JOBS" TORCH_SELFATTN_CUDA_ARCH_FLAGS="$ARCH_FLAGS" \
     TORCH_SELFATTN_NVCC_FLAGS="$HANG_DEBUG_FLAGS" python3 setup.py build_ext --build-lib "$HANG_DEBUG_LIB" || return
   # The package's Python files beside the debug library make a second
-  # torch_selfattn, which PYTHONPATH puts first for the hopper step.
+  # torch_selfattn, which PYTHONPATH puts first for the hopper step; a pytest
+  # plugin there fails the run if a pytest setting puts the tree's first.
   if [[ -z "${DRY_RUN:-}" ]]; then
     for file in torch_selfattn/*; do
       [[ "$file" == torch_selfattn/_C* ]] || ln -sfn "$ROOT/$file" "$HANG_DEBUG_LIB/$file"
     done
+    cat >"$HANG_DEBUG_LIB/hang_debug_library.py" <<EOF
+def pytest_configure(config):
+    import torch_selfattn
+    library = torch_selfattn.build_info()["library"]
+    if not library.startswith("$HANG_DEBUG_LIB/"):
+        raise RuntimeError(f"the hopper step loaded {library}, not the hang-debug library")
+EOF
   fi
   run_logged "$log" env PYTHONPATH="$HANG_DEBUG_LIB:$PYTHONPATH" python3 -P -c "$CHECK_CUDA_LIBRARY
 if not info['library'].startswith('$HANG_DEBUG_LIB/'):
@@ -179,6 +187,8 @@ if not info['library'].startswith('$HANG_DEBUG_LIB/'):
 
 step_tests() {
   local files=() file pids=()
+  # Without the CUDA kernels every test here would skip, and the step pass.
+  run_logged "$LOGS/tests.pytest.log" python3 -c "$CHECK_CUDA_LIBRARY" || return
   for file in tests/test_cuda*.py; do
     [[ "$file" == tests/test_cuda_large.py ]] || files+=("$file")
   done
@@ -192,6 +202,7 @@ step_tests() {
 }
 
 step_fuzz() {
+  run_logged "$LOGS/fuzz.pytest.log" python3 -c "$CHECK_CUDA_LIBRARY" || return
   pytest_command 3
   run_logged "$LOGS/fuzz.pytest.log" "${PYTEST[@]}" tests/test_fuzz_differential.py tests/test_fuzz_invalid.py -k cuda
 }
@@ -248,8 +259,8 @@ if torch.cuda.get_device_capability() != (9, 0):
 if not info['library'].startswith('$HANG_DEBUG_LIB/'):
     sys.exit('no hang-debug library in $HANG_DEBUG_LIB: run the build step with the hopper step')" || return
   pytest_command 3
-  run_logged "$log" env "${debug[@]}" "${PYTEST[@]}" tests/test_cuda_hopper.py tests/test_cuda.py \
-    tests/test_cuda_runtime.py &
+  run_logged "$log" env "${debug[@]}" "${PYTEST[@]}" -p hang_debug_library tests/test_cuda_hopper.py \
+    tests/test_cuda.py tests/test_cuda_runtime.py &
   pids+=($!)
   sanitize hopper "$HOPPER_SANITIZE_FUZZ" "${debug[@]}" &
   pids+=($!)

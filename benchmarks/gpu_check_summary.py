@@ -90,7 +90,7 @@ def pytest_failure(lines):
             context = [f"(last test started: {started[-1]})"] if started else []
             parts.append("\n".join(context + [excerpt(lines, at)]))
             break
-    return "\n\n".join(parts)
+    return "\n\n".join(parts) or last_traceback_or_tail(lines)
 
 
 def crashed_test(lines):
