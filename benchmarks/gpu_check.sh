@@ -49,11 +49,11 @@
 # after each step), gpu_table.md and gpu_table_hopper.md (the benchmarks).
 # The logs themselves are in $LOGS (default build/gpu_check_logs).
 #
-# Environment: OUT, LOGS, TOTAL_BUDGET (470), TEST_TIMEOUT (per test, 120),
-# SANITIZE_FUZZ (30), HOPPER_SANITIZE_FUZZ (10), SANITIZE_SERIAL (set: one
-# sanitizer at a time instead of three side by side), BENCH_ARGS ("--quick --dtypes
-# bf16"), TORCH_SELFATTN_CUDA_ARCH_FLAGS (default sm_90a only: H100/H200),
-# BUILD_JOBS (16).
+# Environment: OUT, LOGS, PYTHON (python3), TOTAL_BUDGET (470), TEST_TIMEOUT
+# (per test, 120), SANITIZE_FUZZ (30), HOPPER_SANITIZE_FUZZ (10),
+# SANITIZE_SERIAL (set: one sanitizer at a time instead of three side by
+# side), BENCH_ARGS ("--quick --dtypes bf16"), TORCH_SELFATTN_CUDA_ARCH_FLAGS
+# (default sm_90a only: H100/H200), BUILD_JOBS (16).
 set -uo pipefail
 
 STEPS_IN_ORDER=(build tests fuzz errors sanitize hopper bench)
@@ -70,6 +70,7 @@ usage() {
 setup() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
   ROOT=$PWD
+  PYTHON="${PYTHON:-python3}"
   OUT="${OUT:-./gpu_check_out}"
   LOGS="${LOGS:-build/gpu_check_logs}"
   TOTAL_BUDGET="${TOTAL_BUDGET:-470}"
@@ -133,7 +134,7 @@ wait_all() {  # pid...
 # pytest-xdist, that many worker processes.
 PYTEST=()
 pytest_command() {  # workers
-  PYTEST=(python3 -m pytest -p no:cacheprovider -v -rfEs --durations=5 "${TIMEOUT_ARGS[@]}")
+  PYTEST=("$PYTHON" -m pytest -p no:cacheprovider -v -rfEs --durations=5 "${TIMEOUT_ARGS[@]}")
   if [[ -n "$XDIST" && $1 -gt 1 ]]; then
     PYTEST+=(-n "$1")
   fi
@@ -159,12 +160,12 @@ find_tool() {  # name
 step_build() {
   local log="$LOGS/build.log" file
   run_logged "$log" env MAX_JOBS="$BUILD_JOBS" TORCH_SELFATTN_CUDA_ARCH_FLAGS="$ARCH_FLAGS" \
-    python3 setup.py build_ext --inplace || return
-  run_logged "$log" python3 -c "$CHECK_CUDA_LIBRARY" || return
+    "$PYTHON" setup.py build_ext --inplace || return
+  run_logged "$log" "$PYTHON" -c "$CHECK_CUDA_LIBRARY" || return
   selected hopper || return 0
   # The same build folder: only the nvcc objects see the new flag and are rebuilt.
   run_logged "$log" env MAX_JOBS="$BUILD_JOBS" TORCH_SELFATTN_CUDA_ARCH_FLAGS="$ARCH_FLAGS" \
-    TORCH_SELFATTN_NVCC_FLAGS="$HANG_DEBUG_FLAGS" python3 setup.py build_ext --build-lib "$HANG_DEBUG_LIB" || return
+    TORCH_SELFATTN_NVCC_FLAGS="$HANG_DEBUG_FLAGS" "$PYTHON" setup.py build_ext --build-lib "$HANG_DEBUG_LIB" || return
   # The package's Python files beside the debug library make a second
   # torch_selfattn, which PYTHONPATH puts first for the hopper step; a pytest
   # plugin there fails the run if a pytest setting puts the tree's first.
@@ -180,7 +181,7 @@ def pytest_configure(config):
         raise RuntimeError(f"the hopper step loaded {library}, not the hang-debug library")
 EOF
   fi
-  run_logged "$log" env PYTHONPATH="$HANG_DEBUG_LIB:$PYTHONPATH" python3 -P -c "$CHECK_CUDA_LIBRARY
+  run_logged "$log" env PYTHONPATH="$HANG_DEBUG_LIB:$PYTHONPATH" "$PYTHON" -P -c "$CHECK_CUDA_LIBRARY
 if not info['library'].startswith('$HANG_DEBUG_LIB/'):
     sys.exit('the hang-debug torch_selfattn did not load its own library')"
 }
@@ -188,7 +189,7 @@ if not info['library'].startswith('$HANG_DEBUG_LIB/'):
 step_tests() {
   local files=() file pids=()
   # Without the CUDA kernels every test here would skip, and the step pass.
-  run_logged "$LOGS/tests.pytest.log" python3 -c "$CHECK_CUDA_LIBRARY" || return
+  run_logged "$LOGS/tests.pytest.log" "$PYTHON" -c "$CHECK_CUDA_LIBRARY" || return
   for file in tests/test_cuda*.py; do
     [[ "$file" == tests/test_cuda_large.py ]] || files+=("$file")
   done
@@ -202,7 +203,7 @@ step_tests() {
 }
 
 step_fuzz() {
-  run_logged "$LOGS/fuzz.pytest.log" python3 -c "$CHECK_CUDA_LIBRARY" || return
+  run_logged "$LOGS/fuzz.pytest.log" "$PYTHON" -c "$CHECK_CUDA_LIBRARY" || return
   pytest_command 3
   run_logged "$LOGS/fuzz.pytest.log" "${PYTEST[@]}" tests/test_fuzz_differential.py tests/test_fuzz_invalid.py -k cuda
 }
@@ -218,11 +219,11 @@ step_errors() {
     echo "    (only if a case crashed its process: that case again under cuda-gdb, for a native backtrace)"
     crashed="$ERRORS_TEST[CASE]"
   else
-    crashed=$(python3 benchmarks/gpu_check_summary.py crashed-test "$log")
+    crashed=$("$PYTHON" benchmarks/gpu_check_summary.py crashed-test "$log")
   fi
   if [[ -n "$crashed" ]]; then
     run_logged "$LOGS/errors.cuda-gdb.log" "$(find_tool cuda-gdb)" -nx -batch -ex run -ex bt \
-      --args python3 -m pytest -p no:cacheprovider -p no:xdist -q "${TIMEOUT_ARGS[@]}" "$crashed"
+      --args "$PYTHON" -m pytest -p no:cacheprovider -p no:xdist -q "${TIMEOUT_ARGS[@]}" "$crashed"
   fi
   return "$rc"
 }
@@ -238,7 +239,7 @@ sanitize() {  # prefix fuzz-calls [env assignments...]
   for tool in memcheck racecheck initcheck; do
     run_logged "$LOGS/$prefix.$tool.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$@" \
       "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 20 \
-      python3 benchmarks/sanitize_case.py --fuzz "$fuzz" &
+      "$PYTHON" benchmarks/sanitize_case.py --fuzz "$fuzz" &
     pids+=($!)
     if [[ -n "${SANITIZE_SERIAL:-}" ]]; then wait_all "${pids[@]}" || return; pids=(); fi
   done
@@ -253,7 +254,7 @@ step_hopper() {
   local log="$LOGS/hopper.pytest.log" debug=(PYTHONPATH="$HANG_DEBUG_LIB:$PYTHONPATH" PYTHONSAFEPATH=1
     TORCH_SELFATTN_HOPPER=1) pids=() rc
   # The Hopper tests skip on any other device; here that would hide the path.
-  run_logged "$log" env "${debug[@]}" python3 -c "$CHECK_CUDA_LIBRARY
+  run_logged "$log" env "${debug[@]}" "$PYTHON" -c "$CHECK_CUDA_LIBRARY
 if torch.cuda.get_device_capability() != (9, 0):
     sys.exit(f'the hopper step needs a compute capability 9.0 device (H100, H200)')
 if not info['library'].startswith('$HANG_DEBUG_LIB/'):
@@ -276,14 +277,14 @@ if not info['library'].startswith('$HANG_DEBUG_LIB/'):
 step_bench() {
   local bench_args=()
   read -r -a bench_args <<<"$BENCH_ARGS"
-  run_logged "$LOGS/bench.log" python3 benchmarks/bench_gpu.py --out "$OUT/gpu_table.md" \
+  run_logged "$LOGS/bench.log" "$PYTHON" benchmarks/bench_gpu.py --out "$OUT/gpu_table.md" \
     ${bench_args[@]+"${bench_args[@]}"} || return
   [[ -n "${DRY_RUN:-}" ]] && echo "    (on an sm_90 device with an sm_90a build, also:)"
-  if [[ -n "${DRY_RUN:-}" ]] || python3 -c "
+  if [[ -n "${DRY_RUN:-}" ]] || "$PYTHON" -c "
 import sys, torch
 from torch_selfattn.info import compiled_cuda_archs
 sys.exit(torch.cuda.get_device_capability() != (9, 0) or 'sm_90a' not in compiled_cuda_archs())"; then
-    run_logged "$LOGS/bench_hopper.log" env TORCH_SELFATTN_HOPPER=1 python3 benchmarks/bench_gpu.py \
+    run_logged "$LOGS/bench_hopper.log" env TORCH_SELFATTN_HOPPER=1 "$PYTHON" benchmarks/bench_gpu.py \
       --out "$OUT/gpu_table_hopper.md" \
       --label "forward on the Hopper kernels (TORCH_SELFATTN_HOPPER=1), backward on the sm_80 kernels" \
       ${bench_args[@]+"${bench_args[@]}"}
@@ -296,7 +297,7 @@ write_status() {  # step status [rc seconds note]
 }
 
 write_summary() {  # [--console]
-  python3 benchmarks/gpu_check_summary.py write "$LOGS" "$OUT/summary.md" "$@"
+  "$PYTHON" benchmarks/gpu_check_summary.py write "$LOGS" "$OUT/summary.md" "$@"
   tar -czf "$OUT/logs.tar.gz.$BASHPID" -C "$(dirname "$LOGS")" "$(basename "$LOGS")" 2>/dev/null
   mv -f "$OUT/logs.tar.gz.$BASHPID" "$OUT/logs.tar.gz"
 }
@@ -344,7 +345,7 @@ record_environment() {
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1 ||
       echo 'no nvidia-smi')"
-    echo "torch=$(python3 -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -n 1)"
+    echo "torch=$("$PYTHON" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -n 1)"
     echo "nvcc=$("$(find_tool nvcc)" --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
     echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo 'unknown (no git here)')"
     echo "test_timeout=$TIMEOUT_TEXT"
@@ -355,11 +356,11 @@ record_environment() {
 # pytest-timeout and pytest-xdist from the machine, else from wheels carried
 # in .whl/ (benchmarks/gpu_run.md says how to download them).
 choose_pytest_plugins() {
-  if ! python3 -c "import pytest_timeout, xdist" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target "$ROOT/build/gpu_check_site" .whl/*.whl &&
+  if ! "$PYTHON" -c "import pytest_timeout, xdist" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --target "$ROOT/build/gpu_check_site" .whl/*.whl &&
       export PYTHONPATH="$PYTHONPATH:$ROOT/build/gpu_check_site"
   fi
-  if python3 -c "import pytest_timeout" 2>/dev/null; then
+  if "$PYTHON" -c "import pytest_timeout" 2>/dev/null; then
     TIMEOUT_ARGS=(--timeout="$TEST_TIMEOUT" --timeout-method=thread)
     TIMEOUT_TEXT="$TEST_TIMEOUT s (pytest-timeout, thread method)"
   else
@@ -367,7 +368,7 @@ choose_pytest_plugins() {
     TIMEOUT_TEXT="none: pytest-timeout missing; stacks dumped after $TEST_TIMEOUT s (faulthandler_timeout), the step's budget ends the run"
   fi
   XDIST=""
-  python3 -c "import xdist" 2>/dev/null && XDIST="pytest-xdist"
+  "$PYTHON" -c "import xdist" 2>/dev/null && XDIST="pytest-xdist"
 }
 
 parse_arguments() {

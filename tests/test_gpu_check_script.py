@@ -6,6 +6,7 @@ summary.md it writes and the rerun command it proposes."""
 import os
 import re
 import subprocess
+import sys
 import tarfile
 import textwrap
 
@@ -17,7 +18,7 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
 
 def gpu_check(*args, env=None):
     return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, "PYTHON": sys.executable, **(env or {})})
 
 
 def test_dry_run_prints_every_step_within_eight_minutes():
@@ -78,14 +79,15 @@ def fake_run(tmp_path_factory):
         source {SCRIPT}
         BUDGET[fakefail]=60 BUDGET[fakehang]=4 BUDGET[fakepertest]=30 BUDGET[fakepass]=60 BUDGET[errors]=60
         step_fakefail() {{ pytest_command 1; run_logged "$LOGS/fakefail.pytest.log" "${{PYTEST[@]}}" {fake}::test_fails; }}
-        step_fakehang() {{ run_logged "$LOGS/fakehang.log" python3 -c "import time; time.sleep(60)"; }}
+        step_fakehang() {{ run_logged "$LOGS/fakehang.log" "$PYTHON" -c "import time; time.sleep(60)"; }}
         step_fakepertest() {{ pytest_command 1; run_logged "$LOGS/fakepertest.pytest.log" "${{PYTEST[@]}}" \\
           {fake}::test_sleeps; }}
         step_fakepass() {{ run_logged "$LOGS/fakepass.log" true; }}
         ERRORS_TEST={fake}::test_crashes
         main fakefail fakehang fakepertest fakepass errors
     """)
-    env = {**os.environ, "OUT": str(tmp / "out"), "LOGS": str(tmp / "logs"), "TEST_TIMEOUT": "3"}
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp / "out"), "LOGS": str(tmp / "logs"),
+           "TEST_TIMEOUT": "3"}
     result = subprocess.run(["bash", "-c", driver], capture_output=True, text=True, timeout=120, env=env)
     summary = (tmp / "out" / "summary.md").read_text()
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \| ([^|]*) \|", summary, re.MULTILINE)}
@@ -130,7 +132,7 @@ def test_a_crashed_case_is_named_and_run_again_under_cuda_gdb(fake_run):
     text = section(summary, "errors")
     assert "Segmentation fault" in text
     gdb_log = (tmp / "logs" / "errors.cuda-gdb.log").read_text()
-    assert re.search(r"cuda-gdb .*--args python3 -m pytest .*test_crashes", gdb_log)
+    assert re.search(r"cuda-gdb .*--args \S*python\S* -m pytest .*test_crashes", gdb_log)
 
 
 def test_rerun_names_the_build_and_every_step_that_did_not_pass(fake_run):
