@@ -49,7 +49,8 @@
 # after each step), gpu_table.md and gpu_table_hopper.md (the benchmarks).
 # The logs themselves are in $LOGS (default build/gpu_check_logs).
 #
-# Environment: OUT, LOGS, PYTHON (python3), TOTAL_BUDGET (470), TEST_TIMEOUT
+# Environment: OUT, LOGS, PYTHON (python3), GIT_COMMIT (for the summary where
+# the copy of the tree has no .git), TOTAL_BUDGET (470), TEST_TIMEOUT
 # (per test, 120), SANITIZE_FUZZ (30), HOPPER_SANITIZE_FUZZ (10),
 # SANITIZE_SERIAL (set: one sanitizer at a time instead of three side by
 # side), BENCH_ARGS ("--quick --dtypes bf16"), TORCH_SELFATTN_CUDA_ARCH_FLAGS
@@ -109,7 +110,7 @@ run_logged() {  # log command...
     return 124
   fi
   start=$SECONDS
-  timeout -s INT -k 15 "$left" "$@" >>"$log" 2>&1
+  timeout -s INT -k 15 "$left" "$@" </dev/null >>"$log" 2>&1
   rc=$?
   if ((rc == 124 || rc == 137)); then
     echo "[gpu_check] TIMED OUT after $((SECONDS - start)) s (the step's budget ran out): $*" >>"$log"
@@ -347,7 +348,7 @@ record_environment() {
       echo 'no nvidia-smi')"
     echo "torch=$("$PYTHON" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -n 1)"
     echo "nvcc=$("$(find_tool nvcc)" --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
-    echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo 'unknown (no git here)')"
+    echo "commit=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo 'unknown (no git here)')}"
     echo "test_timeout=$TIMEOUT_TEXT"
     echo "xdist=${XDIST:-no (pytest-xdist missing: one process per pytest run)}"
   } >"$LOGS/env.txt"
