@@ -43,7 +43,7 @@ __device__ __forceinline__ uint64_t global_timer_ns() {
 
 // One line per warp (from its lowest waiting lane), then the trap.
 __device__ __forceinline__ void report_hang_and_trap(uint32_t barrier_address, uint32_t parity, const char* name,
-                                                  int index, uint64_t tries, uint64_t waited_ns) {
+                                                     int index, uint64_t tries, uint64_t waited_ns) {
   const unsigned waiting = __activemask();
   if (threadIdx.x % 32 == static_cast<unsigned>(__ffs(static_cast<int>(waiting)) - 1)) {
     printf(
