@@ -49,7 +49,7 @@
 # after each step), gpu_table.md and gpu_table_hopper.md (the benchmarks).
 # The logs themselves are in $LOGS (default build/gpu_check_logs).
 #
-# Environment: OUT, LOGS, PYTHON (python3), GIT_COMMIT (for the summary where
+# Environment: OUT, LOGS, PYTHON (python3), GIT_COMMIT (for the summary, where
 # the copy of the tree has no .git), TOTAL_BUDGET (470), TEST_TIMEOUT
 # (per test, 120), SANITIZE_FUZZ (30), HOPPER_SANITIZE_FUZZ (10),
 # SANITIZE_SERIAL (set: one sanitizer at a time instead of three side by
