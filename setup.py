@@ -104,6 +104,9 @@ def extension(use_cuda, cuda_arch_flags, debug):
     # setmaxnreg); the host side takes them only when it was built.
     hopper_flags = ["-DTORCH_SELFATTN_SM90A=1"] if any("90a" in flag for flag in cuda_arch_flags) else []
     nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + (["-g"] if debug else [])
+    # More nvcc flags for a diagnostic build, e.g. -DTORCH_SELFATTN_DEBUG_HANGS
+    # (csrc/cuda/hopper/barrier.cuh); benchmarks/gpu_check.sh sets it.
+    nvcc_flags += os.environ.get("TORCH_SELFATTN_NVCC_FLAGS", "").split()
     return cpp_extension.CUDAExtension(
         "torch_selfattn._C",
         cpp_sources + sources("cuda/**/*.cu") + sources("cuda/**/*.cpp"),

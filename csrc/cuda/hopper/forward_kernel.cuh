@@ -133,7 +133,7 @@ __device__ __forceinline__ void load_tiles(const ForwardStorage<Plan>& storage, 
   for (int i = 0; i < block.n_tiles; ++i) {
     const int stage = i % Plan::kStages;
     // The stage's previous trip round the ring must have been consumed.
-    if (i >= Plan::kStages) bars.kv_empty[stage].wait((i / Plan::kStages - 1) & 1);
+    if (i >= Plan::kStages) bars.kv_empty[stage].wait((i / Plan::kStages - 1) & 1, "kv_empty", stage);
     const int col0 = (block.n_tiles - 1 - i) * Plan::kBlockN;
     bars.k_full[stage].arrive_expect_bytes(Plan::KVTile::kBytes);
     storage.k(stage).load(k_map, col0, kv_head, batch, bars.k_full[stage]);
@@ -209,7 +209,7 @@ __device__ __forceinline__ void attend(const AttentionParams& p, const ForwardSt
 
   float o[kOBlocks][4] = {};
   OnlineSoftmax softmax;
-  bars.q_full.wait(0);
+  bars.q_full.wait(0, "q_full");
   for (int i = 0; i < block.n_tiles; ++i) {
     const int stage = i % Plan::kStages;
     const uint32_t trip = (i / Plan::kStages) & 1;
@@ -217,7 +217,7 @@ __device__ __forceinline__ void attend(const AttentionParams& p, const ForwardSt
 
     // S = Q·Kᵀ; the first k-step overwrites S, so S needs no zeroing.
     float s[kSBlocks][4];
-    bars.k_full[stage].wait(trip);
+    bars.k_full[stage].wait(trip, "k_full", stage);
     __syncwarp();  // wgmma is .aligned: the warp must arrive converged
     warpgroup_fence();
 #pragma unroll
@@ -237,7 +237,7 @@ __device__ __forceinline__ void attend(const AttentionParams& p, const ForwardSt
     to_a_operand<T>(s, a);
 
     // O += P·V.
-    bars.v_full[stage].wait(trip);
+    bars.v_full[stage].wait(trip, "v_full", stage);
     __syncwarp();
     hold(o);
     hold(a);
