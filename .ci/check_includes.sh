@@ -8,6 +8,9 @@
 #   cuda/    includes cuda/, common/, api/core/ (never cpu/); its kernels
 #            (.cu, .cuh) only cuda/ and common/
 #   csrc/ops.cpp, the schemas, includes api/core/ only
+#   include/ (the public C++ header) includes nothing of ours; cpp_api/,
+#            its implementation, only that header (it calls the ops through
+#            the dispatcher, never the code behind them)
 #
 # and the kernels (.cu, .cuh) include no torch header (torch/, ATen/, c10/).
 # Prints each include that breaks the rule, as file:line: include, and exits
@@ -23,6 +26,8 @@ allowed_for() {
     csrc/cpu/*) echo "cpu/ common/ api/core/" ;;
     csrc/cuda/*.cu | csrc/cuda/*.cuh) echo "cuda/ common/" ;;
     csrc/cuda/*) echo "cuda/ common/ api/core/" ;;
+    csrc/include/*) echo "" ;;
+    csrc/cpp_api/*) echo "torch_selfattn/" ;;
     csrc/*) echo "api/core/" ;;
   esac
 }
