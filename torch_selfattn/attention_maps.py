@@ -127,8 +127,9 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None, h
 
     Returns:
         (..., heads, rows, S) probabilities in the query's dtype, computed in
-        float32 (float64 for float64 inputs). Each row sums to 1; a row whose
-        every key is masked is 0, as in PyTorch's SDPA. Not differentiable.
+        float32 (float64 for float64 inputs; q·kᵀ in float64 on the CPU).
+        Each row sums to 1; a row whose every key is masked is 0, as in
+        PyTorch's SDPA. Not differentiable.
 
     The work goes one block of query rows at a time, normalised with the row
     logsumexp of torch-selfattn's forward kernel (where it has one for the
@@ -141,8 +142,12 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None, h
     head_index, drop_head = _selection(heads, num_heads, "heads")
     row_index, drop_row = _selection(rows, length, "rows")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    compute_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
     device = query.device
+    compute_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    # The products q·kᵀ in float64 on the CPU: there PyTorch's float32 bmm has
+    # returned errors of 1e-4 (about 13-bit products) on its first call in
+    # some processes, which the probabilities would inherit.
+    product_dtype = torch.float64 if device.type == "cpu" else compute_dtype
 
     # The chosen heads and rows; key heads repeated per query head (only the chosen ones).
     group = num_heads // key.shape[-3]
@@ -161,10 +166,10 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None, h
                                    is_causal and not subset_causal, scale, batch)
 
     out = torch.empty(*batch, q.shape[-3], q.shape[-2], keys, dtype=query.dtype, device=device)
-    k_t = k.to(compute_dtype).transpose(-2, -1)
+    k_t = k.to(product_dtype).transpose(-2, -1)
     for start in range(0, q.shape[-2], ROW_BLOCK):
         block = slice(start, start + ROW_BLOCK)
-        scores = torch.matmul(q[..., block, :].to(compute_dtype), k_t) * scale
+        scores = torch.matmul(q[..., block, :].to(product_dtype), k_t).to(compute_dtype) * scale
         if is_causal:
             scores = _add_mask(scores, _causal_rows(rows_at[block], keys))
         elif mask is not None:
