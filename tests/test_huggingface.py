@@ -51,6 +51,15 @@ def tiny(kind):
         with torch.no_grad():  # scores of order 1, which the cap bends
             for layer in model.model.layers:
                 layer.self_attn.q_proj.weight.mul_(30)
+    elif kind == "gpt_oss":
+        config = transformers.GptOssConfig(**common, num_key_value_heads=2, head_dim=8, sliding_window=5,
+                                           num_local_experts=4, num_experts_per_tok=2,
+                                           layer_types=["sliding_attention", "full_attention"])
+        model, inputs, mask = transformers.GptOssForCausalLM(config), dict(input_ids=ids), pad
+        model.set_experts_implementation("eager")  # grouped_mm has no float64, which the yardstick needs
+        with torch.no_grad():  # sinks that take a real share of each row's weight
+            for layer in model.model.layers:
+                layer.self_attn.sinks.copy_(torch.randn(4, generator=g) + 2)
     elif kind == "gpt2":
         config = transformers.GPT2Config(vocab_size=61, n_embd=32, n_layer=2, n_head=4, n_positions=32)
         model, inputs, mask = transformers.GPT2LMHeadModel(config), dict(input_ids=ids), pad
@@ -140,6 +149,23 @@ def test_gemma2_softcap_runs_in_the_kernels(padded):
         assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_gpt_oss_sinks_run_in_the_kernels(padded):
+    # GPT-OSS passes its sinks as s_aux; only eager has them in transformers, so it is the yardstick.
+    model, inputs, mask = tiny("gpt_oss")
+    valid = mask if padded else None
+    if padded:
+        inputs = masked(inputs, mask)
+    ours, names = ops_called(lambda: logits_and_grads(model, NAME, inputs, valid))
+    assert "selfattn::attention_forward" in names and "selfattn::attention_backward" in names
+    eager = logits_and_grads(model, "eager", inputs, valid)
+    expected = logits_and_grads(copy.deepcopy(model).double(), "eager", inputs, valid)
+    assert any(name.endswith("self_attn.sinks") for name in ours)  # the sinks get their gradient
+    assert ours.keys() == expected.keys()
+    for name in expected:
+        assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
+
+
 def test_sliding_window_reaches_the_kernels_through_the_mask():
     # Mistral's window of 5 over 12 tokens: without the window the logits change.
     model, inputs, _ = tiny("mistral")
@@ -220,20 +246,17 @@ class _Layer(torch.nn.Module):
     is_causal = False
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(s_aux=torch.zeros(4)), "does not support `s_aux`: attention sinks"),
-    (dict(cache=object()), "does not support a paged cache"),
-])
-def test_unsupported_features_raise_clearly(kwargs, message):
+def test_unsupported_features_raise_clearly():
     q = torch.randn(1, 4, 5, 8)
-    with pytest.raises(ValueError, match=message):
-        hf_selfattn.attention_forward(_Layer(), q, q, q, None, **kwargs)
+    with pytest.raises(ValueError, match="does not support a paged cache"):
+        hf_selfattn.attention_forward(_Layer(), q, q, q, None, cache=object())
 
 
-def test_attention_weights_with_softcap_raise_clearly():
+@pytest.mark.parametrize("name, value", [("softcap", 30.0), ("s_aux", torch.zeros(4))])
+def test_attention_weights_with_softcap_or_sinks_raise_clearly(name, value):
     q = torch.randn(1, 4, 5, 8)
-    with pytest.raises(ValueError, match="cannot return attention weights with `softcap`"):
-        hf_selfattn.attention_forward(_Layer(), q, q, q, None, softcap=30.0, output_attentions=True)
+    with pytest.raises(ValueError, match=f"cannot return attention weights with `{name}`"):
+        hf_selfattn.attention_forward(_Layer(), q, q, q, None, output_attentions=True, **{name: value})
 
 
 def test_position_bias_and_mask_dtypes_as_transformers_sdpa():

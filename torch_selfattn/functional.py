@@ -14,8 +14,24 @@ Beyond PyTorch's SDPA, every function takes these keyword-only extras:
   scores. The slopes get no gradient.
 - ``softcap``: scores become ``softcap·tanh(score / softcap)`` (Gemma 2),
   before ALiBi and the mask are added.
+- ``sinks``: (Hq,) attention sinks (gpt-oss): one logit per query head that
+  joins every row's softmax denominator and has no value,
+  ``out_i = Σ_j exp(s_ij) v_j / (exp(sinks[h]) + Σ_j exp(s_ij))``. The sinks
+  get a gradient.
+- ``return_lse=True``: return ``(out, lse)``, where ``lse`` is the logsumexp
+  of each row's scores (the sink included), in float32 (float64 for float64
+  inputs), with the shape of ``out`` less its last dim. ``lse`` is
+  differentiable: a loss that uses it (merging partial attentions, ring
+  attention) gets its gradients for query, key, value and the mask.
 """
 import torch
+
+
+def _overload(op, return_lse):
+    """The op's overload: .with_lse returns (output, logsumexp)."""
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    return op.with_lse if return_lse else op.default
 
 
 def scaled_dot_product_attention(
@@ -32,6 +48,8 @@ def scaled_dot_product_attention(
     causal_alignment="top_left",
     alibi_slopes=None,
     softcap=None,
+    sinks=None,
+    return_lse=False,
 ):
     r"""softmax(query @ key.transpose(-2, -1) * scale + attn_mask) @ value, like
     :func:`torch.nn.functional.scaled_dot_product_attention`.
@@ -50,12 +68,13 @@ def scaled_dot_product_attention(
         scale: defaults to 1 / sqrt(E).
         enable_gqa: let Hq be a multiple of H (grouped-query attention),
             without expanding key and value.
-        window, causal_alignment, alibi_slopes, softcap: see the module's
-            docstring.
+        window, causal_alignment, alibi_slopes, softcap, sinks, return_lse:
+            see the module's docstring.
     """
-    return torch.ops.selfattn.scaled_dot_product_attention(
+    op = torch.ops.selfattn.scaled_dot_product_attention
+    return _overload(op, return_lse)(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        window=window, causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, softcap=softcap,
+        window=window, causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
     )
 
 
@@ -75,6 +94,8 @@ def varlen_attention(
     causal_alignment="top_left",
     alibi_slopes=None,
     softcap=None,
+    sinks=None,
+    return_lse=False,
 ):
     r"""Attention over a packed batch of sequences of different lengths, with
     no padding computed.
@@ -86,17 +107,19 @@ def varlen_attention(
     sequences + 1 integer entries, from 0 to total. max_seqlen_q and
     max_seqlen_k bound the lengths (Python ints, so that nothing is read back
     from the device and torch.compile does not break the graph). Returns a
-    (total_q, Hq, Ev) view. Differentiable; alibi_slopes may be (sequences, Hq).
+    (total_q, Hq, Ev) view, and with return_lse=True the logsumexp too, of
+    shape (Hq, total_q). Differentiable; alibi_slopes may be (sequences, Hq).
     """
-    return torch.ops.selfattn.varlen_attention(
+    op = torch.ops.selfattn.varlen_attention
+    return _overload(op, return_lse)(
         query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, is_causal, scale,
-        window=window, causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, softcap=softcap,
+        window=window, causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
     )
 
 
 def kv_cache_attention(
     query, key_cache, value_cache, cache_seqlens, *, is_causal=True, scale=None, window=None, alibi_slopes=None,
-    softcap=None
+    softcap=None, sinks=None, return_lse=False
 ):
     r"""One decoding step against a KV cache.
 
@@ -106,9 +129,11 @@ def kv_cache_attention(
     keys, the new tokens' own included, and its queries are its last L
     positions, so causal masks and windows are bottom-right aligned. On the
     CPU a step with few queries splits the keys across the cores and merges
-    the parts by logsumexp. Returns (B, Hq, L, Ev).
+    the parts by logsumexp. Returns (B, Hq, L, Ev), and with return_lse=True
+    the logsumexp too, (B, Hq, L).
     """
-    return torch.ops.selfattn.kv_cache_attention(
+    op = torch.ops.selfattn.kv_cache_attention
+    return _overload(op, return_lse)(
         query, key_cache, value_cache, cache_seqlens,
-        is_causal=is_causal, scale=scale, window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+        is_causal=is_causal, scale=scale, window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
     )

@@ -119,6 +119,10 @@ struct AttentionBackwardParams {
   // Per-row scratch of shape (batch, Hq, L), in the accumulator type:
   void* delta = nullptr;       // D = rowsum(P ∘ dP)
   void* row_scale = nullptr;   // 1 / rowsum(exp(S − logsumexp)), which renormalises the recomputed P
+  // The gradient of the forward's logsumexp, (batch, Hq, L) in the
+  // accumulator type, or null for none. d lse_i / d S_ij = P_ij, so it
+  // enters dS = P ∘ (dP − D) as D − dlse.
+  const void* grad_logsumexp = nullptr;
 };
 
 }  // namespace selfattn

@@ -19,9 +19,15 @@ int64_t accumulator_bytes(const AttentionParams& p) {
   return element_size(p.dtype == ElementType::Float64 ? ElementType::Float64 : ElementType::Float32);
 }
 
-// A per-row array (logsumexp, delta, row_scale) moved to row `row` of batch b.
+// A per-row array (logsumexp, delta, row_scale, grad_logsumexp) moved to row
+// `row` of batch b.
+const void* at_row(const void* rows, const AttentionParams& p, int64_t b, int64_t row) {
+  return rows == nullptr ? nullptr
+                         : static_cast<const char*>(rows) + p.row_index(b, 0, row) * accumulator_bytes(p);
+}
+
 void* at_row(void* rows, const AttentionParams& p, int64_t b, int64_t row) {
-  return rows == nullptr ? nullptr : static_cast<char*>(rows) + p.row_index(b, 0, row) * accumulator_bytes(p);
+  return const_cast<void*>(at_row(static_cast<const void*>(rows), p, b, row));
 }
 
 }  // namespace
@@ -60,6 +66,7 @@ AttentionBackwardParams sequence_problem(const AttentionBackwardParams& bp, int6
   sub.grad_v = at_row(bp.grad_v, p.dtype, seq.batch, seq.k_begin);
   sub.delta = at_row(bp.delta, p, seq.batch, seq.q_begin);
   sub.row_scale = at_row(bp.row_scale, p, seq.batch, seq.q_begin);
+  sub.grad_logsumexp = at_row(bp.grad_logsumexp, p, seq.batch, seq.q_begin);
   return sub;
 }
 

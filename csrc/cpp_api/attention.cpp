@@ -39,11 +39,11 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   static const auto handle =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptionalTensor&, double, bool,
                     std::optional<double>, bool, at::OptionalIntArrayRef, c10::string_view, const OptionalTensor&,
-                    std::optional<double>)>("selfattn::scaled_dot_product_attention");
+                    std::optional<double>, const OptionalTensor&)>("selfattn::scaled_dot_product_attention");
   std::array<int64_t, 2> window;
   return handle.call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                      window_arg(options.window, window), alignment_arg(options.causal_alignment),
-                     options.alibi_slopes, options.softcap);
+                     options.alibi_slopes, options.softcap, options.sinks);
 }
 
 at::Tensor varlen_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
@@ -53,22 +53,23 @@ at::Tensor varlen_attention(const at::Tensor& query, const at::Tensor& key, cons
   static const auto handle =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                     int64_t, int64_t, double, bool, std::optional<double>, at::OptionalIntArrayRef, c10::string_view,
-                    const OptionalTensor&, std::optional<double>)>("selfattn::varlen_attention");
+                    const OptionalTensor&, std::optional<double>, const OptionalTensor&)>(
+          "selfattn::varlen_attention");
   std::array<int64_t, 2> window;
   return handle.call(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, is_causal,
                      scale, window_arg(options.window, window), alignment_arg(options.causal_alignment),
-                     options.alibi_slopes, options.softcap);
+                     options.alibi_slopes, options.softcap, options.sinks);
 }
 
 at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
                               const at::Tensor& cache_seqlens, const KVCacheOptions& options) {
   static const auto handle =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
-                    std::optional<double>, at::OptionalIntArrayRef, const OptionalTensor&, std::optional<double>)>(
-          "selfattn::kv_cache_attention");
+                    std::optional<double>, at::OptionalIntArrayRef, const OptionalTensor&, std::optional<double>,
+                    const OptionalTensor&)>("selfattn::kv_cache_attention");
   std::array<int64_t, 2> window;
   return handle.call(query, key_cache, value_cache, cache_seqlens, options.is_causal, options.scale,
-                     window_arg(options.window, window), options.alibi_slopes, options.softcap);
+                     window_arg(options.window, window), options.alibi_slopes, options.softcap, options.sinks);
 }
 
 }  // namespace torch_selfattn

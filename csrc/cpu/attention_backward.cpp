@@ -164,6 +164,10 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
     delta[r] = static_cast<acc_t>(weighted_sum[r] * inverse);
   }
   const int64_t first = p.row_index(b, h, row0);
+  if (bp.grad_logsumexp != nullptr) {
+    const acc_t* grad_lse = static_cast<const acc_t*>(bp.grad_logsumexp) + first;
+    for (int64_t r = 0; r < rows; ++r) delta[r] -= grad_lse[r];
+  }
   std::copy_n(scale, rows, static_cast<acc_t*>(bp.row_scale) + first);
   std::copy_n(delta, rows, static_cast<acc_t*>(bp.delta) + first);
 }

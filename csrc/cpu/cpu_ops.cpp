@@ -59,9 +59,9 @@ BackwardOutputs attention_backward_cpu(const at::Tensor& grad_output, const at::
                                        const at::Tensor& value, OptionalTensor attn_mask, const at::Tensor& output,
                                        const at::Tensor& logsumexp, const at::Tensor& rng_state, double dropout_p,
                                        bool is_causal, double scale, bool attn_mask_requires_grad,
-                                       const AttentionOptions& options) {
+                                       OptionalTensor grad_logsumexp, const AttentionOptions& options) {
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
-                             is_causal, attn_mask_requires_grad, options);
+                             is_causal, attn_mask_requires_grad, grad_logsumexp, options);
   const AttentionOptions kernel = checked_kernel_options("attention_backward", query, key, options);
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
@@ -69,6 +69,7 @@ BackwardOutputs attention_backward_cpu(const at::Tensor& grad_output, const at::
   const at::Tensor lse = logsumexp.contiguous();  // the kernels index it as (batch, Hq, L) rows
   auto delta = at::empty(lse.sizes(), lse.options());
   auto row_scale = at::empty(lse.sizes(), lse.options());
+  const at::Tensor grad_lse = grad_logsumexp.has_value() ? grad_logsumexp->contiguous() : at::Tensor();
 
   AttentionBackwardParams params;
   params.fwd = make_params(query, key, value, attn_mask, output, lse, dropout_p, is_causal, scale, kernel);
@@ -80,6 +81,7 @@ BackwardOutputs attention_backward_cpu(const at::Tensor& grad_output, const at::
   if (attn_mask_requires_grad) params.grad_mask = tensor_view(grad_mask);
   params.delta = delta.data_ptr();
   params.row_scale = row_scale.data_ptr();
+  if (grad_lse.defined()) params.grad_logsumexp = grad_lse.data_ptr();
   cpu::attention_backward(params);
   return {grad_query, grad_key, grad_value, grad_mask};
 }

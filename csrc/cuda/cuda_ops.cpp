@@ -152,17 +152,19 @@ BackwardOutputs attention_backward_cuda(const at::Tensor& grad_output, const at:
                                         const at::Tensor& key, const at::Tensor& value, OptionalTensor attn_mask,
                                         const at::Tensor& output, const at::Tensor& logsumexp,
                                         const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale,
-                                        bool attn_mask_requires_grad, const AttentionOptions& options) {
+                                        bool attn_mask_requires_grad, OptionalTensor grad_logsumexp,
+                                        const AttentionOptions& options) {
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
-                             is_causal, attn_mask_requires_grad, options);
+                             is_causal, attn_mask_requires_grad, grad_logsumexp, options);
   const c10::cuda::CUDAGuard guard(query.device());
   const AttentionOptions kernel = kernel_options(options, query.scalar_type());
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
   const bool mask_grad = attn_mask_requires_grad && attn_mask.has_value();
   const int64_t rows = query.size(0) * query.size(1) * query.size(2);
-  if (rows == 0 || key.size(2) == 0 || value.size(3) == 0) {
-    // No rows, no keys or no output columns: the output does not depend on
+  // The logsumexp depends on q and k even when there are no output columns.
+  if (rows == 0 || key.size(2) == 0 || (value.size(3) == 0 && !grad_logsumexp.has_value())) {
+    // No rows, no keys or no output columns: the outputs do not depend on
     // the inputs.
     grad_query.zero_();
     grad_key.zero_();
@@ -196,6 +198,8 @@ BackwardOutputs attention_backward_cuda(const at::Tensor& grad_output, const at:
   } else {
     cuda::compute_delta(bp, stream);
   }
+  // d lse_i / d S_ij = P_ij, so the logsumexp's gradient enters dS = P ∘ (dP − D) as −dlse in D.
+  if (grad_logsumexp.has_value()) delta.sub_(*grad_logsumexp);
 
   if (takes_tensor_cores(query, value)) {
     const at::Tensor q = tensor_core_operand(query), k = tensor_core_operand(key), v = tensor_core_operand(value);

@@ -63,10 +63,14 @@ def expand_kv_heads(t, q_heads):
 
 
 def explicit_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, window=None,
-                       causal_alignment="top_left", alibi_slopes=None, softcap=None, dropout_multipliers=None):
+                       causal_alignment="top_left", alibi_slopes=None, softcap=None, dropout_multipliers=None,
+                       sinks=None, return_lse=False):
     """The features written out with PyTorch's ops in the inputs' dtype, on
     (..., H, L, E) tensors. dropout_multipliers (..., Hq, L, S), when given,
-    multiply the probabilities (the kept/dropped pattern of a dropout run)."""
+    multiply the probabilities (the kept/dropped pattern of a dropout run).
+    sinks (Hq,) are an explicit extra column of the scores, dropped after the
+    softmax; return_lse=True also returns torch.logsumexp of the scores (that
+    column included)."""
     if enable_gqa:
         k, v = expand_kv_heads(k, q.shape[-3]), expand_kv_heads(v, q.shape[-3])
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -78,12 +82,20 @@ def explicit_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, ena
                                  causal_alignment=causal_alignment, alibi_slopes=alibi_slopes, device=q.device)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    if sinks is not None:
+        scores = torch.cat([scores, sinks.to(scores.dtype).view(-1, 1, 1).expand(*scores.shape[:-1], 1)], -1)
     # A row that sees no key has output 0 (and no NaN in any gradient).
     blind = (scores == float("-inf")).all(-1, keepdim=True)
     probs = torch.softmax(scores.masked_fill(blind, 0), dim=-1).masked_fill(blind, 0)
+    if sinks is not None:
+        probs = probs[..., :-1]
     if dropout_multipliers is not None:
         probs = probs * dropout_multipliers.to(probs.dtype)
-    return probs @ v
+    out = probs @ v
+    if not return_lse:
+        return out
+    lse = torch.logsumexp(scores.masked_fill(blind, 0), -1, keepdim=True).masked_fill(blind, float("-inf"))
+    return out, lse.squeeze(-1)
 
 
 def pytorch_with_explicit_rules(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *,

@@ -23,17 +23,8 @@ from torch_selfattn.functional import scaled_dot_product_attention
 
 NAME = "torch_selfattn"
 
-# Keyword arguments some models pass that change the attention itself, and
-# what to use instead.
-_UNSUPPORTED = {
-    "s_aux": "attention sinks (GPT-OSS style); use attn_implementation='eager'",
-}
 
-
-def _check_supported(kwargs, cache):
-    for name, what in _UNSUPPORTED.items():
-        if kwargs.get(name) is not None:
-            raise ValueError(f"attn_implementation='{NAME}' does not support `{name}`: {what}")
+def _check_supported(cache):
     if cache is not None:
         raise ValueError(f"attn_implementation='{NAME}' does not support a paged cache (continuous batching); "
                          "use attn_implementation='sdpa' there")
@@ -55,7 +46,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     when the model is asked for them (``output_attentions=True``; computed by
     :func:`torch_selfattn.attention_weights`, before dropout), else None.
     """
-    _check_supported(kwargs, cache)
+    _check_supported(cache)
     q_len = query.shape[2]
     # As transformers' SDPA integration: a module's causal flag holds only
     # while no mask was built (a built mask already carries the pattern) and
@@ -72,17 +63,18 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         # Our kernels take float masks in float32 or the query's dtype; a custom 4-D mask may be neither.
         attention_mask = attention_mask.to(query.dtype)
 
-    # Gemma 2's logit soft-capping runs in the kernels.
-    softcap = kwargs.get("softcap")
+    # Gemma 2's logit soft-capping and GPT-OSS's attention sinks (s_aux) run in the kernels.
+    softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
     output = scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1], softcap=softcap,
+        enable_gqa=query.shape[1] != key.shape[1], softcap=softcap, sinks=sinks,
     )
     weights = None
     if _wants_weights(module, kwargs):
-        if softcap is not None:
-            raise ValueError(f"attn_implementation='{NAME}' cannot return attention weights with `softcap` yet; "
-                             "use attn_implementation='eager' for output_attentions")
+        for name, value in (("softcap", softcap), ("s_aux", sinks)):
+            if value is not None:
+                raise ValueError(f"attn_implementation='{NAME}' cannot return attention weights with `{name}` "
+                                 "yet; use attn_implementation='eager' for output_attentions")
         weights = attention_weights(query, key, attn_mask=attention_mask, is_causal=is_causal, scale=scaling)
     return output.transpose(1, 2).contiguous(), weights
 

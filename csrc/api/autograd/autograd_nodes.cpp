@@ -49,7 +49,7 @@ struct AttentionForwardNode : Node {
     auto [grad_query, grad_key, grad_value, grad_mask] = call_attention_backward(
         grad_output, query.unpack(), key.unpack(), value.unpack(), present(attn_mask.unpack()), out,
         logsumexp.unpack(), rng_state.unpack(), s.dropout_p, s.is_causal, s.scale, s.attn_mask_requires_grad,
-        s.options);
+        present(grads[1]), s.options);
     return {grad_query, grad_key, grad_value, s.attn_mask_requires_grad ? grad_mask : at::Tensor()};
   }
 
@@ -61,13 +61,14 @@ struct AttentionForwardNode : Node {
 
 // The node of attention_backward: the second derivative of attention.
 struct AttentionBackwardNode : Node {
-  SavedVariable grad_output, query, key, value, attn_mask, output, logsumexp, rng_state;
+  SavedVariable grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, grad_logsumexp;
   CallSettings settings;
 
   std::string name() const override { return "selfattn::AttentionBackwardBackward"; }
 
-  // Gradients for grad_output, query, key, value and attn_mask (the node's
-  // edges, in that order); none for output and logsumexp, whose dependence
+  // Gradients for grad_output, query, key, value, attn_mask and
+  // grad_logsumexp (the node's edges, in that order); none for output and
+  // logsumexp, whose dependence
   // on the inputs the recompute already differentiates (see
   // backward_derivative.h).
   variable_list apply(variable_list&& grad_grads) override {
@@ -80,9 +81,11 @@ struct AttentionBackwardNode : Node {
         "torch.func.hessian or jacrev(jacrev(f)); take Hessian-vector products with grad(grad(f)) or "
         "torch.autograd.grad(create_graph=True) instead");
     const std::optional<at::Tensor> mask = present(attn_mask.unpack());
+    const std::optional<at::Tensor> grad_lse = present(grad_logsumexp.unpack());
     std::array<bool, kBackwardInputs> wanted{};
     for (int i = 0; i < kBackwardInputs; ++i) wanted[i] = task_should_compute_output(i);
     wanted[kAttnMask] = wanted[kAttnMask] && mask.has_value();
+    wanted[kGradLogsumexp] = wanted[kGradLogsumexp] && grad_lse.has_value();
     const std::array<at::Tensor, 4> first_order_grads = {grad_grads[0], grad_grads[1], grad_grads[2],
                                                          grad_grads[3]};
     BackwardInputs g;
@@ -90,17 +93,18 @@ struct AttentionBackwardNode : Node {
     const bool any_grad = std::any_of(first_order_grads.begin(), first_order_grads.end(),
                                       [](const at::Tensor& t) { return t.defined(); });
     if (any_wanted && any_grad) {
-      const BackwardCall call{grad_output.unpack(), query.unpack(), key.unpack(),       value.unpack(), mask,
-                              output.unpack(),      logsumexp.unpack(), rng_state.unpack(), settings};
+      const BackwardCall call{grad_output.unpack(), query.unpack(),     key.unpack(),       value.unpack(), mask,
+                              output.unpack(),      logsumexp.unpack(), rng_state.unpack(), settings,       grad_lse};
       // The engine runs a backward in grad mode exactly when create_graph is set.
       g = attention_backward_derivative(call, first_order_grads, wanted, at::GradMode::is_enabled());
     }
-    return {g[kGradOutput], g[kQuery], g[kKey], g[kValue], g[kAttnMask]};
+    return {g[kGradOutput], g[kQuery], g[kKey], g[kValue], g[kAttnMask], g[kGradLogsumexp]};
   }
 
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (SavedVariable* v : {&grad_output, &query, &key, &value, &attn_mask, &output, &logsumexp, &rng_state}) {
+    for (SavedVariable* v :
+         {&grad_output, &query, &key, &value, &attn_mask, &output, &logsumexp, &rng_state, &grad_logsumexp}) {
       v->reset_data();
     }
   }
@@ -126,7 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> record_attention_forward(const at
     return call_attention_forward(query, key, value, attn_mask, s.dropout_p, s.is_causal, s.scale, s.options);
   }();
   if (node) {
-    torch::autograd::set_history(output, node);  // logsumexp and rng_state are not differentiable
+    torch::autograd::set_history(output, node);
+    torch::autograd::set_history(logsumexp, node);  // rng_state is not differentiable
     node->query = SavedVariable(query, false);
     node->key = SavedVariable(key, false);
     node->value = SavedVariable(value, false);
@@ -141,9 +146,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> record_attention_forward(const at
   if (tangents.query.defined() || tangents.key.defined() || tangents.value.defined() ||
       tangents.attn_mask.defined()) {
     const std::optional<at::Tensor> mask = attn_mask.has_value() ? present(primal(*attn_mask)) : std::nullopt;
-    output._set_fw_grad(
-        attention_forward_tangent(primal(query), primal(key), primal(value), mask, settings, tangents),
-        /*level=*/0, /*is_inplace_op=*/false);
+    const OutputTangents t = attention_forward_tangent(primal(query), primal(key), primal(value), mask, settings,
+                                                       tangents);
+    output._set_fw_grad(t.output, /*level=*/0, /*is_inplace_op=*/false);
+    logsumexp._set_fw_grad(t.logsumexp, /*level=*/0, /*is_inplace_op=*/false);
   }
   return {output, logsumexp, rng_state};
 }
@@ -152,21 +158,25 @@ std::array<at::Tensor, 4> record_attention_backward(const at::Tensor& grad_outpu
                                                     const at::Tensor& key, const at::Tensor& value,
                                                     const std::optional<at::Tensor>& attn_mask,
                                                     const at::Tensor& output, const at::Tensor& logsumexp,
-                                                    const at::Tensor& rng_state, const CallSettings& s) {
+                                                    const at::Tensor& rng_state,
+                                                    const std::optional<at::Tensor>& grad_logsumexp,
+                                                    const CallSettings& s) {
   TORCH_CHECK_NOT_IMPLEMENTED(
       !tangent(grad_output).defined() && !tangent(query).defined() && !tangent(key).defined() &&
-          !tangent(value).defined() && !tangent(attn_mask).defined(),
+          !tangent(value).defined() && !tangent(attn_mask).defined() && !tangent(grad_logsumexp).defined(),
       "attention_backward: forward-mode AD (jvp) of the backward pass is not implemented; differentiate it in "
       "reverse mode (double backward) instead");
   c10::intrusive_ptr<AttentionBackwardNode> node;
-  if (torch::autograd::compute_requires_grad(grad_output, query, key, value, attn_mask)) {
+  if (torch::autograd::compute_requires_grad(grad_output, query, key, value, attn_mask, grad_logsumexp)) {
     node = c10::make_intrusive<AttentionBackwardNode>();
-    node->set_next_edges(torch::autograd::collect_next_edges(grad_output, query, key, value, attn_mask));
+    node->set_next_edges(
+        torch::autograd::collect_next_edges(grad_output, query, key, value, attn_mask, grad_logsumexp));
   }
   auto [grad_query, grad_key, grad_value, grad_mask] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_attention_backward(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state,
-                                   s.dropout_p, s.is_causal, s.scale, s.attn_mask_requires_grad, s.options);
+                                   s.dropout_p, s.is_causal, s.scale, s.attn_mask_requires_grad, grad_logsumexp,
+                                   s.options);
   }();
   if (node) {
     for (const at::Tensor* g : {&grad_query, &grad_key, &grad_value}) torch::autograd::set_history(*g, node);
@@ -184,6 +194,7 @@ std::array<at::Tensor, 4> record_attention_backward(const at::Tensor& grad_outpu
     node->output = SavedVariable(output, false);
     node->logsumexp = SavedVariable(logsumexp, false);
     node->rng_state = SavedVariable(rng_state, false);
+    node->grad_logsumexp = SavedVariable(grad_logsumexp, false);
     node->settings = s;
   }
   return {grad_query, grad_key, grad_value, grad_mask};

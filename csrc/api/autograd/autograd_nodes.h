@@ -15,7 +15,9 @@
 namespace selfattn {
 
 // attention_forward below autograd, with a node recording it when an input
-// requires grad, and the output's tangent when an input has one (forward AD).
+// requires grad, and the tangents of the output and the logsumexp when an
+// input has one (forward AD). Both the output and the logsumexp are
+// differentiable.
 // Its backward is attention_backward, which recomputes the probabilities from
 // the saved logsumexp (and the dropout mask from the saved rng_state): nothing
 // of size L×S is kept between the passes.
@@ -33,6 +35,8 @@ std::array<at::Tensor, 4> record_attention_backward(const at::Tensor& grad_outpu
                                                     const at::Tensor& key, const at::Tensor& value,
                                                     const std::optional<at::Tensor>& attn_mask,
                                                     const at::Tensor& output, const at::Tensor& logsumexp,
-                                                    const at::Tensor& rng_state, const CallSettings& settings);
+                                                    const at::Tensor& rng_state,
+                                                    const std::optional<at::Tensor>& grad_logsumexp,
+                                                    const CallSettings& settings);
 
 }  // namespace selfattn

@@ -34,10 +34,10 @@ BackwardOutputs attention_backward_autograd(const at::Tensor& grad_output, const
                                             const at::Tensor& output, const at::Tensor& logsumexp,
                                             const at::Tensor& rng_state, double dropout_p, bool is_causal,
                                             double scale, bool attn_mask_requires_grad,
-                                            const AttentionOptions& options) {
+                                            OptionalTensor grad_logsumexp, const AttentionOptions& options) {
   const CallSettings settings{dropout_p, is_causal, scale, attn_mask_requires_grad, options};
   auto g = record_attention_backward(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state,
-                                     settings);
+                                     grad_logsumexp, settings);
   return {g[0], g[1], g[2], g[3]};
 }
 

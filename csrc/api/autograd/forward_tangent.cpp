@@ -35,7 +35,7 @@ at::Tensor score_bias(const AttentionOptions& o, bool is_causal, int64_t L, int6
 
 }  // namespace
 
-at::Tensor attention_forward_tangent(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+OutputTangents attention_forward_tangent(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                      const std::optional<at::Tensor>& attn_mask, const CallSettings& s,
                                      const InputTangents& t) {
   TORCH_CHECK_NOT_IMPLEMENTED(!s.options.has_sequences(),
@@ -73,17 +73,22 @@ at::Tensor attention_forward_tangent(const at::Tensor& query, const at::Tensor& 
   if (t.attn_mask.defined() && attn_mask.has_value() && attn_mask->is_floating_point()) {
     add(score_tangent, t.attn_mask.to(acc));
   }
-  at::Tensor out_tangent;
+  at::Tensor out_tangent, lse_tangent;
   if (score_tangent.defined()) {
     const at::Tensor weighted = probs * score_tangent;
-    const at::Tensor prob_tangent = weighted - probs * weighted.sum(-1, /*keepdim=*/true);
+    lse_tangent = weighted.sum(-1, /*keepdim=*/true);
+    const at::Tensor prob_tangent = weighted - probs * lse_tangent;
     add(out_tangent, at::matmul(prob_tangent, v));
   }
   if (t.value.defined()) add(out_tangent, at::matmul(probs, per_query_head(t.value)));
   const auto out_shape = std::vector<int64_t>{query.size(0), query.size(1), query.size(2), value.size(3)};
-  if (!out_tangent.defined()) return at::zeros(out_shape, query.options());
+  const auto lse_shape = std::vector<int64_t>{query.size(0), query.size(1), query.size(2)};
   // The mask may broadcast the scores over more batches than query has.
-  return out_tangent.expand(out_shape).to(query.scalar_type());
+  return OutputTangents{
+      out_tangent.defined() ? out_tangent.expand(out_shape).to(query.scalar_type())
+                            : at::zeros(out_shape, query.options()),
+      lse_tangent.defined() ? lse_tangent.squeeze(-1).expand(lse_shape).contiguous()
+                            : at::zeros(lse_shape, query.options().dtype(acc))};
 }
 
 }  // namespace selfattn

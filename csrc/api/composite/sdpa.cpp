@@ -15,6 +15,7 @@
 
 #include "api/core/op_calls.h"
 #include "api/composite/score_options.h"
+#include "api/composite/sinks.h"
 
 namespace selfattn {
 namespace {
@@ -195,11 +196,13 @@ at::Tensor slopes_as_2d(const at::Tensor& slopes, const SymShape& outer, const c
   return slopes.expand_symint(target).reshape_symint({product(outer), q_heads});
 }
 
-at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                        const std::optional<at::Tensor>& attn_mask, double dropout_p,
-                                        bool is_causal, std::optional<double> scale, bool enable_gqa,
-                                        at::OptionalIntArrayRef window, c10::string_view causal_alignment,
-                                        const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap) {
+// The output, (..., Hq, L, Ev), and its logsumexp, (..., Hq, L).
+std::tuple<at::Tensor, at::Tensor> attention_with_lse(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, std::optional<double> scale,
+    bool enable_gqa, at::OptionalIntArrayRef window, c10::string_view causal_alignment,
+    const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap,
+    const std::optional<at::Tensor>& sinks) {
   check_arguments(query, key, value, attn_mask, dropout_p, is_causal);
   AttentionOptions options = score_options(kOp, window, causal_alignment, alibi_slopes, softcap);
   const c10::SymInt L = query.sym_size(-2), S = key.sym_size(-2);
@@ -255,17 +258,30 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   auto [out, logsumexp, rng_state] =
       call_attention_forward(as_4d(query, outer, q_heads), as_4d(k, outer, kv_heads), as_4d(v, outer, kv_heads), mask4,
                              dropout_p, is_causal, softmax_scale, options);
+  const AttentionResult result = join_sinks(kOp, {out, logsumexp}, sinks);
   SymShape out_shape = concat(outer, {q_heads, L, value.sym_size(-1)});
   // 2-D and broadcast-free 3-D inputs give outputs of their own rank.
   const int64_t out_rank = std::max({query.dim(), key.dim(), value.dim()});
   out_shape.erase(out_shape.begin(), out_shape.end() - out_rank);
-  return out.view_symint(out_shape);
+  const SymShape lse_shape = slice(out_shape, 0, out_shape.size() - 1);
+  return {result.output.view_symint(out_shape), result.logsumexp.view_symint(lse_shape)};
+}
+
+at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                        const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                                        bool is_causal, std::optional<double> scale, bool enable_gqa,
+                                        at::OptionalIntArrayRef window, c10::string_view causal_alignment,
+                                        const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap,
+                                        const std::optional<at::Tensor>& sinks) {
+  return std::get<0>(attention_with_lse(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, window,
+                                        causal_alignment, alibi_slopes, softcap, sinks));
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(selfattn, CompositeImplicitAutograd, m) {
   m.impl("scaled_dot_product_attention", &scaled_dot_product_attention);
+  m.impl("scaled_dot_product_attention.with_lse", &attention_with_lse);
 }
 
 }  // namespace selfattn

@@ -10,6 +10,7 @@
 
 #include "api/core/op_calls.h"
 #include "api/composite/score_options.h"
+#include "api/composite/sinks.h"
 
 namespace selfattn {
 namespace {
@@ -31,11 +32,13 @@ double default_scale(const at::Tensor& query, std::optional<double> scale) {
                            : 1.0 / std::sqrt(static_cast<double>(query.sym_size(-1).guard_int(__FILE__, __LINE__)));
 }
 
-at::Tensor varlen_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                            const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
-                            int64_t max_seqlen_k, double dropout_p, bool is_causal, std::optional<double> scale,
-                            at::OptionalIntArrayRef window, c10::string_view causal_alignment,
-                            const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap) {
+// The output (total_q, Hq, Ev) and its logsumexp (Hq, total_q).
+std::tuple<at::Tensor, at::Tensor> varlen_attention_with_lse(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, double dropout_p, bool is_causal,
+    std::optional<double> scale, at::OptionalIntArrayRef window, c10::string_view causal_alignment,
+    const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap,
+    const std::optional<at::Tensor>& sinks) {
   constexpr const char* op = "varlen_attention";
   check_rank(op, "query", query, 3, "(total_q, Hq, E)");
   check_rank(op, "key", key, 3, "(total_k, H, E)");
@@ -50,13 +53,27 @@ at::Tensor varlen_attention(const at::Tensor& query, const at::Tensor& key, cons
   auto [out, logsumexp, rng_state] =
       call_attention_forward(packed(query), packed(key), packed(value), std::nullopt,
                              dropout_p > 0.0 ? dropout_p : 0.0, is_causal, default_scale(query, scale), options);
-  return out.squeeze(0).transpose(0, 1);
+  const AttentionResult result = join_sinks(op, {out, logsumexp}, sinks);
+  return {result.output.squeeze(0).transpose(0, 1), result.logsumexp.squeeze(0)};
 }
 
-at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
-                              const at::Tensor& cache_seqlens, bool is_causal, std::optional<double> scale,
-                              at::OptionalIntArrayRef window, const std::optional<at::Tensor>& alibi_slopes,
-                              std::optional<double> softcap) {
+at::Tensor varlen_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                            const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                            int64_t max_seqlen_k, double dropout_p, bool is_causal, std::optional<double> scale,
+                            at::OptionalIntArrayRef window, c10::string_view causal_alignment,
+                            const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap,
+                            const std::optional<at::Tensor>& sinks) {
+  return std::get<0>(varlen_attention_with_lse(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                               max_seqlen_k, dropout_p, is_causal, scale, window, causal_alignment,
+                                               alibi_slopes, softcap, sinks));
+}
+
+// The output (batch, Hq, L, Ev) and its logsumexp (batch, Hq, L).
+std::tuple<at::Tensor, at::Tensor> kv_cache_attention_with_lse(
+    const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
+    const at::Tensor& cache_seqlens, bool is_causal, std::optional<double> scale, at::OptionalIntArrayRef window,
+    const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap,
+    const std::optional<at::Tensor>& sinks) {
   constexpr const char* op = "kv_cache_attention";
   check_rank(op, "query", query, 4, "(batch, Hq, L, E)");
   check_rank(op, "key_cache", key_cache, 4, "(batch, H, S_max, E)");
@@ -68,7 +85,16 @@ at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cac
   options.seqused_k = as_int32(op, "cache_seqlens", cache_seqlens);
   auto [out, logsumexp, rng_state] = call_attention_forward(query, key_cache, value_cache, std::nullopt, 0.0,
                                                             is_causal, default_scale(query, scale), options);
-  return out;
+  const AttentionResult result = join_sinks(op, {out, logsumexp}, sinks);
+  return {result.output, result.logsumexp};
+}
+
+at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
+                              const at::Tensor& cache_seqlens, bool is_causal, std::optional<double> scale,
+                              at::OptionalIntArrayRef window, const std::optional<at::Tensor>& alibi_slopes,
+                              std::optional<double> softcap, const std::optional<at::Tensor>& sinks) {
+  return std::get<0>(kv_cache_attention_with_lse(query, key_cache, value_cache, cache_seqlens, is_causal, scale, window,
+                                                 alibi_slopes, softcap, sinks));
 }
 
 }  // namespace
@@ -76,6 +102,8 @@ at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cac
 TORCH_LIBRARY_IMPL(selfattn, CompositeImplicitAutograd, m) {
   m.impl("varlen_attention", &varlen_attention);
   m.impl("kv_cache_attention", &kv_cache_attention);
+  m.impl("varlen_attention.with_lse", &varlen_attention_with_lse);
+  m.impl("kv_cache_attention.with_lse", &kv_cache_attention_with_lse);
 }
 
 }  // namespace selfattn

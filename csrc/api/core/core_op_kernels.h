@@ -30,7 +30,7 @@ using BackwardKernel = BackwardOutputs(const at::Tensor& grad_output, const at::
                                        const at::Tensor& value, OptionalTensor attn_mask, const at::Tensor& output,
                                        const at::Tensor& logsumexp, const at::Tensor& rng_state, double dropout_p,
                                        bool is_causal, double scale, bool attn_mask_requires_grad,
-                                       const AttentionOptions& options);
+                                       OptionalTensor grad_logsumexp, const AttentionOptions& options);
 
 // `kernel` behind attention_forward's schema, option by option.
 template <ForwardKernel* kernel>
@@ -47,9 +47,10 @@ BackwardOutputs backward_op(const at::Tensor& grad_output, const at::Tensor& que
                             const at::Tensor& value, OptionalTensor attn_mask, const at::Tensor& output,
                             const at::Tensor& logsumexp, const at::Tensor& rng_state, double dropout_p,
                             bool is_causal, double scale,
-                            bool attn_mask_requires_grad SELFATTN_CORE_OPTIONS(SELFATTN_OPTION_PARAMETER)) {
+                            bool attn_mask_requires_grad,
+                            OptionalTensor grad_logsumexp SELFATTN_CORE_OPTIONS(SELFATTN_OPTION_PARAMETER)) {
   return kernel(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p, is_causal, scale,
-                attn_mask_requires_grad, AttentionOptions{SELFATTN_CORE_OPTIONS(SELFATTN_OPTION_NAME)});
+                attn_mask_requires_grad, grad_logsumexp, AttentionOptions{SELFATTN_CORE_OPTIONS(SELFATTN_OPTION_NAME)});
 }
 
 // The ops' own function types, for typed dispatcher calls.

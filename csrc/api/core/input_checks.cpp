@@ -156,7 +156,7 @@ void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor&
                                 const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
                                 const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
                                 double dropout_p, bool is_causal, bool attn_mask_requires_grad,
-                                const AttentionOptions& options) {
+                                const std::optional<at::Tensor>& grad_logsumexp, const AttentionOptions& options) {
   const char* op = "attention_backward";
   check_core_inputs(op, query, key, value, attn_mask, dropout_p, is_causal, options);
   const std::vector<c10::SymInt> out_shape = {query.sym_size(0), query.sym_size(1), query.sym_size(2),
@@ -172,6 +172,16 @@ void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor&
               ": logsumexp must have shape (batch, Hq, L), got ", logsumexp.sym_sizes());
   TORCH_CHECK(logsumexp.scalar_type() == accumulator_type(query.scalar_type()), op, ": logsumexp must be a ",
               accumulator_type(query.scalar_type()), " tensor, as attention_forward returns it");
+  if (grad_logsumexp.has_value()) {
+    TORCH_CHECK(grad_logsumexp->sym_sizes() == logsumexp.sym_sizes() &&
+                    grad_logsumexp->scalar_type() == logsumexp.scalar_type() &&
+                    grad_logsumexp->layout() == at::kStrided,
+                op, ": grad_logsumexp must be a dense tensor of logsumexp's shape ", logsumexp.sym_sizes(),
+                " and dtype ", logsumexp.scalar_type(), ", got shape ", grad_logsumexp->sym_sizes(), " and dtype ",
+                grad_logsumexp->scalar_type());
+    TORCH_CHECK(grad_logsumexp->device() == query.device(), op, ": grad_logsumexp must be on query's device (",
+                query.device(), "), got ", grad_logsumexp->device());
+  }
   for (const auto& [name, t] : {std::pair{"logsumexp", &logsumexp}, {"rng_state", &rng_state}}) {
     TORCH_CHECK(t->device() == query.device(), op, ": ", name, " must be on query's device (", query.device(),
                 ") as attention_forward returns it, got ", t->device());

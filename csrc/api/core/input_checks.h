@@ -24,11 +24,11 @@ void check_sequence_values(const char* op, const at::Tensor& query, const at::Te
                            const AttentionOptions& options);
 
 // Every argument of attention_backward: the forward's, what the forward
-// returned, and the gradient of its output.
+// returned, and the gradients of its output and logsumexp.
 void check_core_backward_inputs(const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
                                 const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
                                 const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
                                 double dropout_p, bool is_causal, bool attn_mask_requires_grad,
-                                const AttentionOptions& options);
+                                const std::optional<at::Tensor>& grad_logsumexp, const AttentionOptions& options);
 
 }  // namespace selfattn

@@ -20,9 +20,10 @@ BackwardOutputs attention_backward_meta(const at::Tensor& grad_output, const at:
                                         const at::Tensor& key, const at::Tensor& value, OptionalTensor attn_mask,
                                         const at::Tensor& output, const at::Tensor& logsumexp,
                                         const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale,
-                                        bool attn_mask_requires_grad, const AttentionOptions& options) {
+                                        bool attn_mask_requires_grad, OptionalTensor grad_logsumexp,
+                                        const AttentionOptions& options) {
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
-                             is_causal, attn_mask_requires_grad, options);
+                             is_causal, attn_mask_requires_grad, grad_logsumexp, options);
   return allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
 }
 

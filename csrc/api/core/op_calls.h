@@ -20,6 +20,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_attention_backwa
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, const at::Tensor& output, const at::Tensor& logsumexp,
     const at::Tensor& rng_state, double dropout_p, bool is_causal, double scale, bool attn_mask_requires_grad,
-    const AttentionOptions& options = {});
+    const std::optional<at::Tensor>& grad_logsumexp, const AttentionOptions& options = {});
 
 }  // namespace selfattn

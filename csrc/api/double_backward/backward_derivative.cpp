@@ -28,7 +28,8 @@ at::Tensor narrow_unless_broadcast(const at::Tensor& t, int64_t dim, int64_t sta
 }
 
 // The part of a tensor shaped like `input` (or like its gradient) that a
-// block covers; `span` is the block's place in the call's tensors.
+// block covers; `span` is the block's place in the call's tensors. The
+// gradient of the logsumexp, (batch, Hq, L), is cut as query's rows.
 at::Tensor block_of(const at::Tensor& t, BackwardInput input, const ScoreBlock& span) {
   const at::Tensor batches = narrow_unless_broadcast(t, 0, span.batch0, span.batches);
   if (input == kKey || input == kValue) return narrow_unless_broadcast(batches, 2, span.key0, span.keys);
@@ -115,7 +116,7 @@ BlockTerms block_terms(const Problem& problem, const ScoreBlock& block, const Ba
   const at::Tensor& mask = inputs[kAttnMask];
   const BlockGradients g = recompute_gradients(
       BlockInputs{inputs[kGradOutput], inputs[kQuery], inputs[kKey], inputs[kValue],
-                  mask.defined() ? std::optional(mask) : std::nullopt},
+                  mask.defined() ? std::optional(mask) : std::nullopt, inputs[kGradLogsumexp]},
       block_constants(problem.params, block, acc), s.scale, s.options.softcap);
   const std::array<at::Tensor, 4> first_order = {g.grad_query, g.grad_key, g.grad_value, g.grad_attn_mask};
   BlockTerms terms;
@@ -164,7 +165,8 @@ BackwardInputs attention_backward_derivative(const BackwardCall& call, const std
   // recorded (no create_graph). Then its inputs are leaves of its own, so
   // that each block's graph ends there and is freed block by block.
   at::AutoGradMode grad_mode(true);
-  BackwardInputs base = {call.grad_output, call.query, call.key, call.value, call.attn_mask.value_or(at::Tensor())};
+  BackwardInputs base = {call.grad_output, call.query, call.key, call.value, call.attn_mask.value_or(at::Tensor()),
+                         call.grad_logsumexp.value_or(at::Tensor())};
   std::array<bool, kBackwardInputs> differentiate{};
   BackwardInputs result;
   for (int i = 0; i < kBackwardInputs; ++i) {

@@ -32,10 +32,11 @@ struct BackwardCall {
   std::optional<at::Tensor> attn_mask;
   at::Tensor output, logsumexp, rng_state;
   CallSettings settings;
+  std::optional<at::Tensor> grad_logsumexp;
 };
 
 // Indices into the arrays below: the inputs that can get a gradient.
-enum BackwardInput { kGradOutput, kQuery, kKey, kValue, kAttnMask, kBackwardInputs };
+enum BackwardInput { kGradOutput, kQuery, kKey, kValue, kAttnMask, kGradLogsumexp, kBackwardInputs };
 using BackwardInputs = std::array<at::Tensor, kBackwardInputs>;
 
 // grad_grads: the gradients of (grad_query, grad_key, grad_value,

@@ -55,7 +55,9 @@ BlockGradients recompute_gradients(const BlockInputs& in, const BlockConstants& 
     dropped = probs * c.keep;
   }
   const at::Tensor grad_value = at::matmul(by_kv_head(dropped).transpose(-2, -1), by_kv_head(grad_out));
-  const at::Tensor delta = (probs * grad_probs).sum(-1, /*keepdim=*/true);
+  at::Tensor delta = (probs * grad_probs).sum(-1, /*keepdim=*/true);
+  // d lse / dS = P: the logsumexp's gradient adds P·dlse to dS.
+  if (in.grad_logsumexp.defined()) delta = delta - in.grad_logsumexp.to(acc).unsqueeze(-1);
   at::Tensor grad_scores = probs * (grad_probs - delta);
 
   BlockGradients g;

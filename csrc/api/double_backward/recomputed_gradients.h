@@ -16,6 +16,7 @@ namespace selfattn {
 struct BlockInputs {
   at::Tensor grad_output, query, key, value;
   std::optional<at::Tensor> attn_mask;  // bool, or float (added to the scores)
+  at::Tensor grad_logsumexp;            // (n, Hq, rows), or undefined for none
 };
 
 // The score rules that are constants of the block, in the accumulator type

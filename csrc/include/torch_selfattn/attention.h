@@ -40,6 +40,9 @@ struct ScoreOptions {
   std::optional<at::Tensor> alibi_slopes;
   // Scores become softcap * tanh(score / softcap) (Gemma 2).
   std::optional<double> softcap;
+  // (Hq): one logit per query head that joins each row's softmax
+  // denominator with no value (attention sinks); gets a gradient.
+  std::optional<at::Tensor> sinks;
 };
 
 // The keyword-only arguments of kv_cache_attention.
@@ -49,6 +52,7 @@ struct KVCacheOptions {
   std::optional<Window> window;
   std::optional<at::Tensor> alibi_slopes;
   std::optional<double> softcap;
+  std::optional<at::Tensor> sinks;
 };
 
 // softmax(query @ key^T * scale + attn_mask) @ value, like
