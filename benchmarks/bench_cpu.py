@@ -13,7 +13,9 @@ like PyTorch's flash kernel, where the math path would hold L×L scores.
 
 With --features it runs instead the features beyond PyTorch's SDPA, each
 against the best PyTorch has for the same job (benchmarks/cpu_feature_cases.py):
-sliding windows, packed variable-length batches and KV-cache decoding.
+sliding windows, packed variable-length batches and KV-cache decoding; then
+attention sinks, paged KV caches and the logsumexp's gradient
+(benchmarks/sinks_paged_lse_cases.py).
 
     python benchmarks/bench_cpu.py                # the table and the memory
     python benchmarks/bench_cpu.py --quick        # a smoke run
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_selfattn
+import sinks_paged_lse_cases
 from cpu_feature_cases import feature_tables
 from torch_selfattn._cli.info import cpu_model
 
@@ -204,7 +207,8 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--features", action="store_true",
-                        help="the window, varlen and KV-decoding tables instead of the SDPA table")
+                        help="the tables of the features beyond SDPA (windows, varlen, KV decoding, sinks, paged "
+                             "caches, the logsumexp's gradient) instead of the SDPA table")
     parser.add_argument("--note", default="", help="a line for the header: what else ran on the machine, say")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -221,7 +225,8 @@ def main():
     if args.features:
         header = ["# torch-selfattn's features beyond SDPA vs PyTorch on CPU", "", *machine]
         print("\n".join(header), flush=True)
-        lines = header + feature_tables(args.repeats, peaks, args.quick)
+        lines = header + feature_tables(args.repeats, peaks, args.quick) + sinks_paged_lse_cases.feature_tables(
+            args.repeats, args.quick)
         if args.markdown:
             with open(args.markdown, "w") as f:
                 f.write("\n".join(lines) + "\n")

@@ -30,7 +30,8 @@
   "int max_seqlen_k, float dropout_p=0.0, bool is_causal=False, float? scale=None, *, " SELFATTN_SCORE_OPTIONS ")"
 #define SELFATTN_KV_CACHE_ARGUMENTS                                                               \
   "(Tensor query, Tensor key_cache, Tensor value_cache, Tensor cache_seqlens, *, bool is_causal=True, " \
-  "float? scale=None, int[]? window=None, Tensor? alibi_slopes=None, float? softcap=None, Tensor? sinks=None)"
+  "float? scale=None, int[]? window=None, Tensor? alibi_slopes=None, float? softcap=None, Tensor? sinks=None, " \
+  "Tensor? block_table=None)"
 
 TORCH_LIBRARY(selfattn, m) {
   // PyTorch's torch.nn.functional.scaled_dot_product_attention, argument for argument.
@@ -50,8 +51,10 @@ TORCH_LIBRARY(selfattn, m) {
 
   // Decoding with a KV cache: query (B, Hq, L, E) holds the last L positions
   // of each sequence, whose keys are the first cache_seqlens[b] rows of
-  // key_cache (B, H, S_max, E). Causal masks and windows are bottom-right
-  // aligned. Returns (B, Hq, L, Ev).
+  // key_cache (B, H, S_max, E), or of a paged cache: key_cache
+  // (num_blocks, block_size, H, E) with block_table (B, max_blocks) giving
+  // each sequence's blocks in order. Causal masks and windows are
+  // bottom-right aligned. Returns (B, Hq, L, Ev).
   m.def("kv_cache_attention" SELFATTN_KV_CACHE_ARGUMENTS " -> Tensor");
   m.def("kv_cache_attention.with_lse" SELFATTN_KV_CACHE_ARGUMENTS " -> (Tensor output, Tensor logsumexp)");
 

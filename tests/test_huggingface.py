@@ -17,6 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+import torch_selfattn  # noqa: E402
 import torch_selfattn.integrations.huggingface as hf_selfattn  # noqa: E402
 from helpers.reference import assert_within_dtype_rule  # noqa: E402
 
@@ -129,10 +130,11 @@ def test_logits_and_gradients_match_sdpa_and_eager(kind, padded):
         assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_gemma2_softcap_runs_in_the_kernels(padded):
-    # transformers' sdpa path has no softcap, so eager is the yardstick here.
-    model, inputs, mask = tiny("gemma2")
+def check_against_eager(kind, padded):
+    """For models whose attention transformers' sdpa path lacks (soft-capping,
+    sinks): ours by the float32 rule against eager, which is the yardstick.
+    Returns ours, and the model and inputs it ran on."""
+    model, inputs, mask = tiny(kind)
     valid = mask if padded else None
     if padded:
         inputs = masked(inputs, mask)
@@ -140,30 +142,31 @@ def test_gemma2_softcap_runs_in_the_kernels(padded):
     assert "selfattn::attention_forward" in names and "selfattn::attention_backward" in names
     eager = logits_and_grads(model, "eager", inputs, valid)
     expected = logits_and_grads(copy.deepcopy(model).double(), "eager", inputs, valid)
+    assert ours.keys() == expected.keys()
+    for name in expected:
+        assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
+    return ours, model, inputs, valid
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_gemma2_softcap_runs_in_the_kernels(padded):
+    ours, model, inputs, valid = check_against_eager("gemma2", padded)
     uncapped = copy.deepcopy(model)
     for layer in uncapped.model.layers:
         layer.self_attn.attn_logit_softcapping = None
     assert not torch.allclose(logits_and_grads(uncapped, NAME, inputs, valid)["logits"], ours["logits"], atol=1e-3)
-    assert ours.keys() == expected.keys()
-    for name in expected:
-        assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
 def test_gpt_oss_sinks_run_in_the_kernels(padded):
-    # GPT-OSS passes its sinks as s_aux; only eager has them in transformers, so it is the yardstick.
-    model, inputs, mask = tiny("gpt_oss")
-    valid = mask if padded else None
-    if padded:
-        inputs = masked(inputs, mask)
-    ours, names = ops_called(lambda: logits_and_grads(model, NAME, inputs, valid))
-    assert "selfattn::attention_forward" in names and "selfattn::attention_backward" in names
-    eager = logits_and_grads(model, "eager", inputs, valid)
-    expected = logits_and_grads(copy.deepcopy(model).double(), "eager", inputs, valid)
-    assert any(name.endswith("self_attn.sinks") for name in ours)  # the sinks get their gradient
-    assert ours.keys() == expected.keys()
-    for name in expected:
-        assert_within_dtype_rule(name, ours[name], eager[name], expected[name])
+    # GPT-OSS passes its sinks as s_aux; they get their gradient, and they matter.
+    ours, model, inputs, valid = check_against_eager("gpt_oss", padded)
+    assert any(name.endswith("self_attn.sinks") for name in ours)
+    sinkless = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in sinkless.model.layers:
+            layer.self_attn.sinks.fill_(-1e4)
+    assert not torch.allclose(logits_and_grads(sinkless, NAME, inputs, valid)["logits"], ours["logits"], atol=1e-3)
 
 
 def test_sliding_window_reaches_the_kernels_through_the_mask():
@@ -246,10 +249,51 @@ class _Layer(torch.nn.Module):
     is_causal = False
 
 
-def test_unsupported_features_raise_clearly():
-    q = torch.randn(1, 4, 5, 8)
-    with pytest.raises(ValueError, match="does not support a paged cache"):
-        hf_selfattn.attention_forward(_Layer(), q, q, q, None, cache=object())
+class _PagedCache:
+    """What the attention function sees of transformers' paged cache: update()
+    stores the new keys and values and returns those of the whole batch."""
+
+    def __init__(self, key, value):
+        self.key, self.value, self.calls = key, value, []
+
+    def update(self, key_states, value_states, layer_idx, kwargs):
+        self.calls.append(layer_idx)
+        return torch.cat([self.key, key_states], 2), torch.cat([self.value, value_states], 2)
+
+
+def test_a_paged_cache_is_read_through_its_update():
+    g = torch.Generator().manual_seed(0)
+    q, k_new, v_new = (torch.randn(1, 4, 3, 8, generator=g) for _ in range(3))
+    cached_k, cached_v = torch.randn(1, 4, 6, 8, generator=g), torch.randn(1, 4, 6, 8, generator=g)
+    cache = _PagedCache(cached_k, cached_v)
+    layer = _Layer()
+    layer.layer_idx = 1
+    mask = torch.ones(9, dtype=torch.bool).expand(1, 1, 3, 9).tril(6)
+    out, _ = hf_selfattn.attention_forward(layer, q, k_new, v_new, mask, cache=cache)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([cached_k, k_new], 2), torch.cat([cached_v, v_new], 2), attn_mask=mask)
+    assert cache.calls == [1]
+    torch.testing.assert_close(out, expected.transpose(1, 2))
+
+
+def test_continuous_batching_runs_on_the_kernels_through_patched_sdpa(monkeypatch):
+    # transformers' generate_batch (a paged cache) takes only its own implementation names.
+    import torch_selfattn.patching
+
+    calls = []
+    ours = torch_selfattn.patching.scaled_dot_product_attention
+    monkeypatch.setattr(torch_selfattn.patching, "scaled_dot_product_attention",
+                        lambda *args: calls.append(args[0].shape) or ours(*args))
+    model, _, _ = tiny("llama")
+    config = transformers.GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    model.set_attn_implementation("sdpa")
+    expected = {k: r.generated_tokens for k, r in model.generate_batch(inputs=prompts, generation_config=config).items()}
+    # The batch runs in a thread of its own, which the profiler does not see: the calls are counted instead.
+    with torch_selfattn.patch_sdpa():
+        got = model.generate_batch(inputs=prompts, generation_config=config)
+    assert len(calls) >= 2 * config.max_new_tokens  # every layer, every step
+    assert {k: r.generated_tokens for k, r in got.items()} == expected
 
 
 @pytest.mark.parametrize("name, value", [("softcap", 30.0), ("s_aux", torch.zeros(4))])

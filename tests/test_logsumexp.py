@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import torch_selfattn
-from helpers.feature_reference import explicit_attention
+from helpers.feature_reference import each_cached_sequence, explicit_attention, with_dropout
 from helpers.packed import Packed
-from helpers.reference import as_float64, assert_within_dtype_rule, dropout_multipliers, poisoned_outputs
+from helpers.reference import as_float64, assert_within_dtype_rule, poisoned_outputs
 
 ops = torch.ops.selfattn
 sdpa = torch_selfattn.scaled_dot_product_attention
@@ -112,36 +112,14 @@ def test_gradient_with_dropout():
     P·dlse to the score gradient, with the same dropped pattern as the output's."""
     seed, p = 7, 0.3
     leaves = [rand(2, 4, 33, 16), rand(2, 4, 70, 16, seed=3), rand(2, 4, 70, 8, seed=4)]
-    z = dropout_multipliers(leaves[0], leaves[1], p, seed)
-
-    def dropped_ours(q, k, v, **kwargs):
-        torch.manual_seed(seed)
-        return sdpa(q, k, v, dropout_p=p, **kwargs)
-
-    def dropped_reference(q, k, v, **kwargs):
-        return explicit_attention(q, k, v, dropout_multipliers=z.to(q.dtype), **kwargs)
-
+    dropped_ours, dropped_reference = with_dropout(leaves[0], leaves[1], p, seed)
     check_lse_and_gradients(leaves, ours_fn=dropped_ours, reference_fn=dropped_reference)
 
 
 def test_varlen_logsumexp_matches_each_sequence():
     batch = Packed([0, 1, 130, 3], [5, 0, 200, 9], Hq=4, H=2, dtype=torch.float64)
-
-    def ours(q, k, v, **kwargs):
-        return batch.varlen(q, k, v, **kwargs)
-
-    def reference(q, k, v, return_lse, **kwargs):
-        outs, lses = [], []
-        for s in range(batch.sequences()):
-            rows = slice(*batch.cu_q.tolist()[s:s + 2])
-            keys = slice(*batch.cu_k.tolist()[s:s + 2])
-            o, lse = explicit_attention(*(t[r].transpose(0, 1) for t, r in ((q, rows), (k, keys), (v, keys))),
-                                        enable_gqa=True, return_lse=True, **kwargs)
-            outs.append(o.transpose(0, 1))
-            lses.append(lse)
-        return torch.cat(outs), torch.cat(lses, -1)
-
-    got = check_lse_and_gradients([batch.q, batch.k, batch.v], ours_fn=ours, reference_fn=reference, is_causal=True)
+    got = check_lse_and_gradients([batch.q, batch.k, batch.v], ours_fn=batch.varlen,
+                                  reference_fn=batch.one_by_one(explicit_attention), is_causal=True)
     assert got[1].shape == (4, batch.q.shape[0])
 
 
@@ -154,13 +132,7 @@ def test_kv_cache_logsumexp_matches_each_sequence():
     def ours(q, k, v, **kwargs):
         return torch_selfattn.kv_cache_attention(q, k, v, seqlens, **kwargs)
 
-    def reference(q, k, v, return_lse, **kwargs):
-        parts = [explicit_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], is_causal=True,
-                                    causal_alignment="bottom_right", enable_gqa=True, return_lse=True, **kwargs)
-                 for b, n in enumerate(used)]
-        return torch.cat([o for o, _ in parts]), torch.cat([lse for _, lse in parts])
-
-    got = check_lse_and_gradients([q, k, v], ours_fn=ours, reference_fn=reference)
+    got = check_lse_and_gradients([q, k, v], ours_fn=ours, reference_fn=each_cached_sequence(explicit_attention, used))
     assert got[1].shape == (3, 4, 2)
 
 

@@ -119,7 +119,7 @@ def varlen_attention(
 
 def kv_cache_attention(
     query, key_cache, value_cache, cache_seqlens, *, is_causal=True, scale=None, window=None, alibi_slopes=None,
-    softcap=None, sinks=None, return_lse=False
+    softcap=None, sinks=None, return_lse=False, block_table=None
 ):
     r"""One decoding step against a KV cache.
 
@@ -131,9 +131,18 @@ def kv_cache_attention(
     CPU a step with few queries splits the keys across the cores and merges
     the parts by logsumexp. Returns (B, Hq, L, Ev), and with return_lse=True
     the logsumexp too, (B, Hq, L).
+
+    A paged cache: key_cache (num_blocks, block_size, H, E) and value_cache
+    (num_blocks, block_size, H, Ev) hold blocks of any block_size >= 1, and
+    block_table (B, max_blocks) integers lists each sequence's blocks in
+    order: its key j is row j % block_size of block
+    block_table[b, j // block_size]. Sequences may share blocks (a common
+    prefix); entries past a sequence's last used block are not read. The
+    CPU kernels read the blocks in place; gradients flow to the blocks.
     """
     op = torch.ops.selfattn.kv_cache_attention
     return _overload(op, return_lse)(
         query, key_cache, value_cache, cache_seqlens,
         is_causal=is_causal, scale=scale, window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
+        block_table=block_table,
     )

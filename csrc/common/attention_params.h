@@ -95,6 +95,13 @@ struct AttentionParams {
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
   const int32_t* seqused_k = nullptr;
+  // A paged cache (with seqused_k): k and v are the cache's blocks,
+  // (num_blocks, H, block_size, dim), and key j of sequence s lies in row
+  // j % block_size of block block_table[s·block_table_stride + j / block_size].
+  // kv_len is then a sequence's capacity, block_table_stride·block_size.
+  const int32_t* block_table = nullptr;
+  int64_t block_table_stride = 0;
+  int64_t block_size = 0;
   // Set for every call: without cu_seqlens, sequences = batch and the bounds
   // are q_len and kv_len.
   int64_t sequences = 0;

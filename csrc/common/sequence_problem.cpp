@@ -40,8 +40,13 @@ AttentionParams sequence_problem(const AttentionParams& p, int64_t s) {
   sub.kv_len = seq.kv_len;
   sub.q = at_row(p.q, p.dtype, seq.batch, seq.q_begin);
   sub.out = at_row(p.out, p.dtype, seq.batch, seq.q_begin);
-  sub.k = at_row(p.k, p.dtype, seq.batch, seq.k_begin);
-  sub.v = at_row(p.v, p.dtype, seq.batch, seq.k_begin);
+  if (p.block_table != nullptr) {
+    // The blocks are shared by all sequences; the table's row is the sequence's own.
+    sub.block_table = p.block_table + seq.batch * p.block_table_stride;
+  } else {
+    sub.k = at_row(p.k, p.dtype, seq.batch, seq.k_begin);
+    sub.v = at_row(p.v, p.dtype, seq.batch, seq.k_begin);
+  }
   sub.mask = at_row(p.mask, p.mask_dtype, seq.batch, seq.q_begin, seq.k_begin);
   sub.logsumexp = at_row(p.logsumexp, p, seq.batch, seq.q_begin);
   if (p.alibi_slopes != nullptr) {

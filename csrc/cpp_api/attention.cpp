@@ -66,10 +66,11 @@ at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cac
   static const auto handle =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
                     std::optional<double>, at::OptionalIntArrayRef, const OptionalTensor&, std::optional<double>,
-                    const OptionalTensor&)>("selfattn::kv_cache_attention");
+                    const OptionalTensor&, const OptionalTensor&)>("selfattn::kv_cache_attention");
   std::array<int64_t, 2> window;
   return handle.call(query, key_cache, value_cache, cache_seqlens, options.is_causal, options.scale,
-                     window_arg(options.window, window), options.alibi_slopes, options.softcap, options.sinks);
+                     window_arg(options.window, window), options.alibi_slopes, options.softcap, options.sinks,
+                     options.block_table);
 }
 
 }  // namespace torch_selfattn

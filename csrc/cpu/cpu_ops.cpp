@@ -1,5 +1,6 @@
 // The CPU kernels of the core ops: check, allocate, fill the parameter
-// structs, run the kernels of csrc/cpu/.
+// structs, run the kernels of csrc/cpu/. The forward reads a paged cache in
+// place; the backward runs on a gathered copy (api/core/paged_cache.h).
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -12,6 +13,7 @@
 #include "api/core/input_checks.h"
 #include "api/core/kernel_params.h"
 #include "api/core/op_outputs.h"
+#include "api/core/paged_cache.h"
 #include "cpu/kernels.h"
 #include "cpu/bf16_matrix_units.h"
 #include "cpu/tile_gemm.h"
@@ -63,6 +65,11 @@ BackwardOutputs attention_backward_cpu(const at::Tensor& grad_output, const at::
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
                              is_causal, attn_mask_requires_grad, grad_logsumexp, options);
   const AttentionOptions kernel = checked_kernel_options("attention_backward", query, key, options);
+  if (options.block_table.has_value()) {
+    return backward_on_gathered_cache(&attention_backward_cpu, grad_output, query, key, value, attn_mask, output,
+                                      logsumexp, rng_state, dropout_p, is_causal, scale, attn_mask_requires_grad,
+                                      grad_logsumexp, options);
+  }
   auto [grad_query, grad_key, grad_value, grad_mask] =
       allocate_backward_outputs(query, key, value, attn_mask, attn_mask_requires_grad);
   zero_unused_key_gradients(options, grad_key, grad_value);

@@ -3,7 +3,8 @@
 // the same interface:
 //   - FloatProducts runs BLAS (or portable loops) on float or double. It
 //     reads the rows of q, k and v in place when they already are of the
-//     accumulator type, and converts a copy of the tile otherwise.
+//     accumulator type, and converts a copy of the tile otherwise. A tile
+//     that spans blocks of a paged cache is a product per block (key_runs.h).
 //   - MatrixUnitProducts runs bfloat16 on the CPU's matrix units: it packs
 //     the keys and values of a head once per thread and reuses them for every
 //     tile of query rows of that head (and of its GQA group).
@@ -13,10 +14,15 @@
 #include <vector>
 
 #include "cpu/bf16_matrix_units.h"
+#include "cpu/key_runs.h"
 #include "cpu/tile_ops.h"
 #include "cpu/vector_ops.h"
 
 namespace selfattn::cpu {
+
+// Up to this many query rows per head, the float products serve bfloat16
+// too, and on a paged cache they are matrix-vector products.
+constexpr int64_t kFewQueryRows = 16;
 
 template <typename scalar_t, typename acc_t>
 class FloatProducts {
@@ -30,35 +36,59 @@ class FloatProducts {
     q_ = row_operand<scalar_t>(p_.q, b, h, row0, rows, p_.head_dim, q_copy_.data());
   }
 
+  // A tile of a paged cache is a product per block. For the few query rows
+  // of a decoding step and a short block, they are matrix-vector products
+  // (vector_ops.h): a BLAS call per block of 16 rows costs more than its work.
   void scores(const TileCoord& t, acc_t* s, int64_t ld) {
-    const auto k = row_operand<scalar_t>(p_.k, t.b, kv_head(t), t.col0, t.cols, p_.head_dim, k_copy_.data());
-    gemm_abt(t.rows, t.cols, p_.head_dim, q_.data, q_.ld, k.data, k.ld, s, ld, static_cast<acc_t>(p_.scale), acc_t(0));
+    const auto scale = static_cast<acc_t>(p_.scale);
+    for_each_key_run(p_, t.b, t.col0, t.cols, [&](const KeyRun& run) {
+      const auto k = row_operand<scalar_t>(p_.k, run.batch, kv_head(t), run.row, run.count, p_.head_dim, k_copy_.data());
+      if (!row_products(t, run)) {
+        return gemm_abt(t.rows, run.count, p_.head_dim, q_.data, q_.ld, k.data, k.ld, s + run.first, ld, scale,
+                        acc_t(0));
+      }
+      for (int64_t r = 0; r < t.rows; ++r) {
+        dot_rows(q_.data + r * q_.ld, k.data, k.ld, run.count, p_.head_dim, scale, s + r * ld + run.first);
+      }
+    });
   }
 
   void add_probs_times_values(const TileCoord& t, acc_t* probs, int64_t ld, acc_t* out, int64_t ld_out) {
-    const auto v = row_operand<scalar_t>(p_.v, t.b, kv_head(t), t.col0, t.cols, p_.value_dim, v_copy_.data());
-    gemm_ab(t.rows, p_.value_dim, t.cols, probs, ld, v.data, v.ld, out, ld_out);
+    for_each_key_run(p_, t.b, t.col0, t.cols, [&](const KeyRun& run) {
+      const auto v =
+          row_operand<scalar_t>(p_.v, run.batch, kv_head(t), run.row, run.count, p_.value_dim, v_copy_.data());
+      if (!row_products(t, run)) {
+        return gemm_ab(t.rows, p_.value_dim, run.count, probs + run.first, ld, v.data, v.ld, out, ld_out);
+      }
+      for (int64_t r = 0; r < t.rows; ++r) {
+        add_rows(out + r * ld_out, v.data, v.ld, run.count, p_.value_dim, probs + r * ld + run.first);
+      }
+    });
   }
 
  private:
   int64_t kv_head(const TileCoord& t) const { return t.h / p_.group_size(); }
+  bool row_products(const TileCoord& t, const KeyRun& run) const {
+    return p_.block_table != nullptr && t.rows <= kFewQueryRows && run.count < kShortRun;
+  }
+
+  // Fewer keys than this in a block, and BLAS's per-call cost shows (measured on decoding steps).
+  static constexpr int64_t kShortRun = 64;
 
   const AttentionParams& p_;
   Scratch<acc_t> q_copy_, k_copy_, v_copy_;
   RowOperand<acc_t> q_{nullptr, 0};
 };
 
-// Up to this many query rows per head, the float products serve bfloat16 too.
-constexpr int64_t kFewQueryRows = 16;
-
 // For bfloat16 inputs with an even head dim, on a CPU with matrix units.
 class MatrixUnitProducts {
  public:
   // Packing a head's keys and values costs about what one tile of query rows
-  // spends on them, so it pays only for more query rows than a decoding step has.
+  // spends on them, so it pays only for more query rows than a decoding step
+  // has. Its packing reads the keys of one batch in one run: no paged cache.
   static bool applies(const AttentionParams& p) {
     return p.dtype == ElementType::BFloat16 && p.head_dim > 0 && p.head_dim % 2 == 0 && p.value_dim > 0 &&
-           p.max_seqlen_q > kFewQueryRows && bf16_matrix_units_available();
+           p.max_seqlen_q > kFewQueryRows && p.block_table == nullptr && bf16_matrix_units_available();
   }
 
   explicit MatrixUnitProducts(const AttentionParams& p)

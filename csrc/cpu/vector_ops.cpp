@@ -56,6 +56,53 @@ SELFATTN_INLINE void multiply_impl(T* x, const T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= y[i];
 }
 
+// Four rows at a time: four independent sums hide the latency of the
+// multiply-adds, and x is read once for them.
+template <typename T>
+SELFATTN_INLINE void dot_rows_impl(const T* x, const T* rows, int64_t ld, int64_t count, int64_t n, T factor, T* out) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const T *r0 = rows + j * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t i = 0; i < n; ++i) {
+      s0 += x[i] * r0[i];
+      s1 += x[i] * r1[i];
+      s2 += x[i] * r2[i];
+      s3 += x[i] * r3[i];
+    }
+    out[j] = factor * s0;
+    out[j + 1] = factor * s1;
+    out[j + 2] = factor * s2;
+    out[j + 3] = factor * s3;
+  }
+  for (; j < count; ++j) {
+    const T* r = rows + j * ld;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) s += x[i] * r[i];
+    out[j] = factor * s;
+  }
+}
+
+// Four rows at a time, so that y is loaded and stored once for them.
+template <typename T>
+SELFATTN_INLINE void add_rows_impl(T* y, const T* rows, int64_t ld, int64_t count, int64_t n, const T* a) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const T *r0 = rows + j * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
+    const T a0 = a[j], a1 = a[j + 1], a2 = a[j + 2], a3 = a[j + 3];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] += a0 * r0[i] + a1 * r1[i] + a2 * r2[i] + a3 * r3[i];
+  }
+  for (; j < count; ++j) {
+    const T* r = rows + j * ld;
+    const T aj = a[j];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] += aj * r[i];
+  }
+}
+
 template <typename T>
 SELFATTN_INLINE void score_gradient_impl(const T* p, T* x, int64_t n, T d) {
 #pragma omp simd
@@ -100,6 +147,22 @@ SELFATTN_CLONED void scale(double* x, int64_t n, double factor) { scale_impl(x, 
 
 SELFATTN_CLONED void multiply(float* x, const float* y, int64_t n) { multiply_impl(x, y, n); }
 SELFATTN_CLONED void multiply(double* x, const double* y, int64_t n) { multiply_impl(x, y, n); }
+
+SELFATTN_CLONED void dot_rows(const float* x, const float* rows, int64_t ld, int64_t count, int64_t n, float factor,
+                              float* out) {
+  dot_rows_impl(x, rows, ld, count, n, factor, out);
+}
+SELFATTN_CLONED void dot_rows(const double* x, const double* rows, int64_t ld, int64_t count, int64_t n,
+                              double factor, double* out) {
+  dot_rows_impl(x, rows, ld, count, n, factor, out);
+}
+
+SELFATTN_CLONED void add_rows(float* y, const float* rows, int64_t ld, int64_t count, int64_t n, const float* a) {
+  add_rows_impl(y, rows, ld, count, n, a);
+}
+SELFATTN_CLONED void add_rows(double* y, const double* rows, int64_t ld, int64_t count, int64_t n, const double* a) {
+  add_rows_impl(y, rows, ld, count, n, a);
+}
 
 SELFATTN_CLONED void score_gradient(const float* p, float* x, int64_t n, float d) { score_gradient_impl(p, x, n, d); }
 SELFATTN_CLONED void score_gradient(const double* p, double* x, int64_t n, double d) {

@@ -1,5 +1,6 @@
 // The element-wise loops of the softmax and of the score gradient, on rows
-// of float (or double) scores. They are compiled once per x86-64 level
+// of float (or double) scores, and the row products of a decoding step on a
+// paged cache. They are compiled once per x86-64 level
 // (AVX-512, AVX2, baseline) and the widest the CPU supports is picked when
 // the library loads (vector_ops.cpp), so one build runs fast on new CPUs and
 // correctly on old ones.
@@ -29,6 +30,15 @@ void scale(double* x, int64_t n, double factor);
 // x ← x ∘ y
 void multiply(float* x, const float* y, int64_t n);
 void multiply(double* x, const double* y, int64_t n);
+
+// out[j] = factor·Σ x ∘ rows[j], for `count` rows of n elements, `ld` apart:
+// a matrix-vector product, four rows at a time.
+void dot_rows(const float* x, const float* rows, int64_t ld, int64_t count, int64_t n, float factor, float* out);
+void dot_rows(const double* x, const double* rows, int64_t ld, int64_t count, int64_t n, double factor, double* out);
+
+// y ← y + Σ_j a[j]·rows[j], for `count` rows of n elements, `ld` apart.
+void add_rows(double* y, const double* rows, int64_t ld, int64_t count, int64_t n, const double* a);
+void add_rows(float* y, const float* rows, int64_t ld, int64_t count, int64_t n, const float* a);
 
 // x ← p ∘ (x − d): turns dP into the score gradient dS.
 void score_gradient(const float* p, float* x, int64_t n, float d);

@@ -9,7 +9,9 @@
 // decreasing, that no sequence is longer than max_seqlen_q / max_seqlen_k,
 // and that seqused_k[s] does not exceed the keys sequence s has; rows past
 // max_seqlen_q are otherwise left unwritten and out-of-range offsets read
-// out of bounds.
+// out of bounds. A paged cache's block_table is not read either: its
+// entries are clamped to the cache's blocks, and the kernels run on the
+// blocks gathered into a contiguous cache (api/core/paged_cache.h).
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -25,6 +27,7 @@
 #include "api/core/input_checks.h"
 #include "api/core/kernel_params.h"
 #include "api/core/op_outputs.h"
+#include "api/core/paged_cache.h"
 #include "cuda/kernels.h"
 
 namespace selfattn {
@@ -113,6 +116,10 @@ ForwardOutputs attention_forward_cuda(const at::Tensor& query, const at::Tensor&
                                       OptionalTensor attn_mask, double dropout_p, bool is_causal, double scale,
                                       const AttentionOptions& options) {
   check_core_inputs("attention_forward", query, key, value, attn_mask, dropout_p, is_causal, options);
+  if (options.block_table.has_value()) {
+    return forward_on_gathered_cache(&attention_forward_cuda, query, key, value, attn_mask, dropout_p, is_causal,
+                                     scale, options);
+  }
   const c10::cuda::CUDAGuard guard(query.device());
   const AttentionOptions kernel = kernel_options(options, query.scalar_type());
   auto [output, logsumexp, rng_state] = allocate_forward_outputs(query, value);
@@ -156,6 +163,11 @@ BackwardOutputs attention_backward_cuda(const at::Tensor& grad_output, const at:
                                         const AttentionOptions& options) {
   check_core_backward_inputs(grad_output, query, key, value, attn_mask, output, logsumexp, rng_state, dropout_p,
                              is_causal, attn_mask_requires_grad, grad_logsumexp, options);
+  if (options.block_table.has_value()) {
+    return backward_on_gathered_cache(&attention_backward_cuda, grad_output, query, key, value, attn_mask, output,
+                                      logsumexp, rng_state, dropout_p, is_causal, scale, attn_mask_requires_grad,
+                                      grad_logsumexp, options);
+  }
   const c10::cuda::CUDAGuard guard(query.device());
   const AttentionOptions kernel = kernel_options(options, query.scalar_type());
   auto [grad_query, grad_key, grad_value, grad_mask] =

@@ -21,8 +21,8 @@ that sees no key gets output 0.
 import torch
 from torch.nn.attention import sdpa_kernel
 
-from helpers.reference import (YARDSTICK_BACKENDS, as_float64, assert_results_within_dtype_rule, ours,
-                               poisoned_outputs, pytorch_sdpa, run_attention)
+from helpers.reference import (YARDSTICK_BACKENDS, as_float64, assert_results_within_dtype_rule, dropout_multipliers,
+                               ours, poisoned_outputs, pytorch_sdpa, run_attention)
 
 NO_BOUND = -1
 
@@ -98,6 +98,23 @@ def explicit_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, ena
     return out, lse.squeeze(-1)
 
 
+def with_dropout(query, key, p, seed):
+    """(ours, reference) for a run with dropout: our SDPA after
+    torch.manual_seed(seed), and explicit_attention with the multipliers
+    that run draws (reference.dropout_multipliers); both take keyword
+    arguments such as sinks and return_lse."""
+    z = dropout_multipliers(query, key, p, seed)
+
+    def dropped_ours(q, k, v, **kwargs):
+        torch.manual_seed(seed)
+        return ours(q, k, v, dropout_p=p, **kwargs)
+
+    def dropped_reference(q, k, v, **kwargs):
+        return explicit_attention(q, k, v, dropout_multipliers=z.to(q.dtype), **kwargs)
+
+    return dropped_ours, dropped_reference
+
+
 def pytorch_with_explicit_rules(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *,
                                 window=None, causal_alignment="top_left", alibi_slopes=None, softcap=None):
     """What PyTorch offers for the same job in the inputs' dtype: its SDPA
@@ -133,17 +150,20 @@ def each_cached_sequence(fn, cache_seqlens):
     """The reference for kv_cache_attention: fn on each sequence alone with
     the first cache_seqlens[b] keys of its cache, bottom-right aligned, the
     outputs stacked again; ALiBi slopes of shape (B, Hq) go to their
-    sequence. Called as check_features calls its functions."""
+    sequence. Called as check_features calls its functions; with
+    return_lse=True, fn returns (out, lse) and so does this."""
 
     def cached(query, key_cache, value_cache, attn_mask=None, is_causal=True, alibi_slopes=None, **kwargs):
         assert attn_mask is None
-        outs = []
+        results = []
         for b, used in enumerate(cache_seqlens):
             slopes = alibi_slopes[b] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
-            outs.append(fn(query[b:b + 1], key_cache[b:b + 1, :, :used], value_cache[b:b + 1, :, :used],
-                           is_causal=is_causal, causal_alignment="bottom_right", enable_gqa=True,
-                           alibi_slopes=slopes, **kwargs))
-        return torch.cat(outs)
+            results.append(fn(query[b:b + 1], key_cache[b:b + 1, :, :used], value_cache[b:b + 1, :, :used],
+                              is_causal=is_causal, causal_alignment="bottom_right", enable_gqa=True,
+                              alibi_slopes=slopes, **kwargs))
+        if kwargs.get("return_lse"):
+            return tuple(torch.cat(parts) for parts in zip(*results))
+        return torch.cat(results)
 
     return cached
 

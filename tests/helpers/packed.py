@@ -41,19 +41,27 @@ class Packed:
     def one_by_one(self, fn):
         """fn run on each sequence alone, as (1, heads, length, dim) tensors, the
         outputs packed again; ALiBi slopes of shape (sequences, Hq) go to their
-        sequence, as do dropout multipliers given as one tensor per sequence."""
+        sequence, as do dropout multipliers given as one tensor per sequence.
+        With return_lse=True, fn returns (out, lse) and so does this, the
+        logsumexps packed as varlen_attention packs them, (Hq, total_q)."""
 
-        def packed(q, k, v, attn_mask=None, alibi_slopes=None, dropout_multipliers=None, **kwargs):
+        def packed(q, k, v, attn_mask=None, alibi_slopes=None, dropout_multipliers=None, return_lse=False, **kwargs):
             assert attn_mask is None
-            outs = []
+            outs, lses = [], []
             cu_q, cu_k = self.cu_q.tolist(), self.cu_k.tolist()
             for s in range(self.sequences()):
                 rows, keys = slice(cu_q[s], cu_q[s + 1]), slice(cu_k[s], cu_k[s + 1])
                 slopes = alibi_slopes[s] if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
                 extra = {} if dropout_multipliers is None else {"dropout_multipliers": dropout_multipliers[s]}
                 heads_first = [t[part].transpose(0, 1)[None] for t, part in ((q, rows), (k, keys), (v, keys))]
-                out = fn(*heads_first, enable_gqa=True, alibi_slopes=slopes, **extra, **kwargs)
+                if return_lse:
+                    extra["return_lse"] = True
+                result = fn(*heads_first, enable_gqa=True, alibi_slopes=slopes, **extra, **kwargs)
+                out, lse = result if return_lse else (result, None)
                 outs.append(out[0].transpose(0, 1))
+                lses.append(lse)
+            if return_lse:
+                return torch.cat(outs), torch.cat([lse[0] for lse in lses], -1)
             return torch.cat(outs)
 
         return packed

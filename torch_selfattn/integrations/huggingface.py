@@ -15,6 +15,14 @@ a key takes part, of shape (batch, 1, q_len, kv_len), or None where a plain
 causal or full pattern lets ``is_causal`` stand in. That is exactly the mask
 our kernels read, broadcast over heads without expanding it. Padding, sliding
 windows and chunked attention all arrive through it.
+
+Continuous batching (``generate_batch``, a paged KV cache): transformers
+runs it only under its own implementation names ("sdpa", "paged|eager" and
+flash ones). With ``attn_implementation="sdpa"`` and
+:func:`torch_selfattn.patch_sdpa`, its paged attention runs on our kernels;
+and an attention call that brings the paged cache (``cache=``) here is served
+as transformers' SDPA path serves it: the cache hands back the keys and
+values of the batch and the mask says which of them each query sees.
 """
 import torch
 
@@ -22,12 +30,6 @@ from torch_selfattn.attention_maps import attention_weights
 from torch_selfattn.functional import scaled_dot_product_attention
 
 NAME = "torch_selfattn"
-
-
-def _check_supported(cache):
-    if cache is not None:
-        raise ValueError(f"attn_implementation='{NAME}' does not support a paged cache (continuous batching); "
-                         "use attn_implementation='sdpa' there")
 
 
 def _wants_weights(module, kwargs):
@@ -46,7 +48,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     when the model is asked for them (``output_attentions=True``; computed by
     :func:`torch_selfattn.attention_weights`, before dropout), else None.
     """
-    _check_supported(cache)
+    if cache is not None:
+        # transformers' paged cache (continuous batching) stores the new keys and values and returns the batch's.
+        key, value = cache.update(key_states=key, value_states=value, layer_idx=module.layer_idx, kwargs=kwargs)
     q_len = query.shape[2]
     # As transformers' SDPA integration: a module's causal flag holds only
     # while no mask was built (a built mask already carries the pattern) and

@@ -69,22 +69,49 @@ at::Tensor varlen_attention(const at::Tensor& query, const at::Tensor& key, cons
 }
 
 // The output (batch, Hq, L, Ev) and its logsumexp (batch, Hq, L).
+// A paged cache (block_table given) holds blocks of shape (num_blocks,
+// block_size, H, dim), the layout of vLLM and FlashAttention; the core op
+// reads them as (num_blocks, H, block_size, dim) views.
 std::tuple<at::Tensor, at::Tensor> kv_cache_attention_with_lse(
     const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
     const at::Tensor& cache_seqlens, bool is_causal, std::optional<double> scale, at::OptionalIntArrayRef window,
     const std::optional<at::Tensor>& alibi_slopes, std::optional<double> softcap,
-    const std::optional<at::Tensor>& sinks) {
+    const std::optional<at::Tensor>& sinks, const std::optional<at::Tensor>& block_table) {
   constexpr const char* op = "kv_cache_attention";
+  const bool paged = block_table.has_value();
   check_rank(op, "query", query, 4, "(batch, Hq, L, E)");
-  check_rank(op, "key_cache", key_cache, 4, "(batch, H, S_max, E)");
-  check_rank(op, "value_cache", value_cache, 4, "(batch, H, S_max, Ev)");
+  check_rank(op, "key_cache", key_cache, 4, paged ? "(num_blocks, block_size, H, E) with block_table" : "(batch, H, S_max, E)");
+  check_rank(op, "value_cache", value_cache, 4,
+             paged ? "(num_blocks, block_size, H, Ev) with block_table" : "(batch, H, S_max, Ev)");
   AttentionOptions options = score_options(op, window, "bottom_right", alibi_slopes, softcap);
   check_rank(op, "cache_seqlens", cache_seqlens, 1, "(batch,)");
   TORCH_CHECK(cache_seqlens.sym_size(0) == query.sym_size(0), op, ": cache_seqlens must have one entry per sequence (",
               query.sym_size(0), "), got ", cache_seqlens.sym_size(0));
   options.seqused_k = as_int32(op, "cache_seqlens", cache_seqlens);
-  auto [out, logsumexp, rng_state] = call_attention_forward(query, key_cache, value_cache, std::nullopt, 0.0,
-                                                            is_causal, default_scale(query, scale), options);
+  at::Tensor key = key_cache, value = value_cache;
+  if (paged) {
+    check_rank(op, "block_table", *block_table, 2, "(batch, max_blocks)");
+    options.block_table = as_int32(op, "block_table", *block_table);
+    key = key_cache.transpose(1, 2);
+    value = value_cache.transpose(1, 2);
+  }
+  // A decoding step (one query per sequence) whose rules are the same for
+  // every query head: the G query heads that read one kv head go in as G
+  // query rows of that head, so that its keys are read once, not G times.
+  // With one query, bottom-right causal masking hides no cached key.
+  const c10::SymInt batch = query.sym_size(0), q_heads = query.sym_size(1), kv_heads = key.sym_size(1);
+  const bool pack_heads = options.window_left < 0 && options.window_right < 0 && !options.alibi_slopes.has_value() &&
+                          TORCH_GUARD_OR_FALSE(query.sym_size(2).sym_eq(1)) &&
+                          TORCH_GUARD_OR_FALSE(kv_heads.sym_gt(0)) && TORCH_GUARD_OR_FALSE(q_heads.sym_gt(kv_heads)) &&
+                          TORCH_GUARD_OR_FALSE((q_heads % kv_heads).sym_eq(0));
+  const at::Tensor q =
+      pack_heads ? query.reshape_symint({batch, kv_heads, q_heads / kv_heads, query.sym_size(3)}) : query;
+  auto [out, logsumexp, rng_state] = call_attention_forward(q, key, value, std::nullopt, 0.0, is_causal && !pack_heads,
+                                                            default_scale(query, scale), options);
+  if (pack_heads) {
+    out = out.reshape_symint({batch, q_heads, 1, out.sym_size(3)});
+    logsumexp = logsumexp.reshape_symint({batch, q_heads, 1});
+  }
   const AttentionResult result = join_sinks(op, {out, logsumexp}, sinks);
   return {result.output, result.logsumexp};
 }
@@ -92,9 +119,10 @@ std::tuple<at::Tensor, at::Tensor> kv_cache_attention_with_lse(
 at::Tensor kv_cache_attention(const at::Tensor& query, const at::Tensor& key_cache, const at::Tensor& value_cache,
                               const at::Tensor& cache_seqlens, bool is_causal, std::optional<double> scale,
                               at::OptionalIntArrayRef window, const std::optional<at::Tensor>& alibi_slopes,
-                              std::optional<double> softcap, const std::optional<at::Tensor>& sinks) {
+                              std::optional<double> softcap, const std::optional<at::Tensor>& sinks,
+                              const std::optional<at::Tensor>& block_table) {
   return std::get<0>(kv_cache_attention_with_lse(query, key_cache, value_cache, cache_seqlens, is_causal, scale, window,
-                                                 alibi_slopes, softcap, sinks));
+                                                 alibi_slopes, softcap, sinks, block_table));
 }
 
 }  // namespace

@@ -16,6 +16,11 @@
 //   cu_seqlens_q, cu_seqlens_k int32 offsets of packed sequences in a batch of one
 //   seqused_k                  int32 per sequence: the keys of a cache it uses
 //   max_seqlen_q, max_seqlen_k bounds of the packed sequences' lengths
+//   block_table                int32 (batch, max_blocks): a paged cache, with
+//                              seqused_k. key and value are then the cache's
+//                              blocks, (num_blocks, H, block_size, dim), and
+//                              key j of sequence b is row j % block_size of
+//                              block block_table[b][j / block_size]
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -34,7 +39,8 @@
   X(std::optional<at::Tensor>, cu_seqlens_k, std::nullopt, "Tensor?", "None")   \
   X(std::optional<at::Tensor>, seqused_k, std::nullopt, "Tensor?", "None")      \
   X(int64_t, max_seqlen_q, -1, "int", "-1")                                     \
-  X(int64_t, max_seqlen_k, -1, "int", "-1")
+  X(int64_t, max_seqlen_k, -1, "int", "-1")                                     \
+  X(std::optional<at::Tensor>, block_table, std::nullopt, "Tensor?", "None")
 
 // Expansions of the list. Each option as...
 // ...schema text: ", int window_left=-1" (a string literal, concatenated).
@@ -59,6 +65,10 @@ struct AttentionOptions {
   SELFATTN_CORE_OPTIONS(SELFATTN_OPTION_MEMBER)
 
   bool has_sequences() const { return cu_seqlens_q.has_value() || seqused_k.has_value(); }
+  // The keys a sequence can have: key's length, or all its blocks' rows.
+  int64_t key_capacity(const at::Tensor& key) const {
+    return block_table.has_value() ? block_table->size(1) * key.size(2) : key.size(2);
+  }
 };
 
 }  // namespace selfattn

@@ -67,6 +67,22 @@ void check_options(const char* op, const at::Tensor& query, const at::Tensor& ke
     TORCH_CHECK(o.seqused_k->sym_size(0) == sequence_count(query, o), op, ": seqused_k must have one entry per sequence (",
                 sequence_count(query, o), "), got ", o.seqused_k->sym_size(0));
   }
+  if (o.block_table.has_value()) {
+    const at::Tensor& table = *o.block_table;
+    TORCH_CHECK(table.scalar_type() == at::kInt && table.dim() == 2, op,
+                ": block_table must be a 2-D int32 tensor (batch, max_blocks), got ", table.dim(), "-D ",
+                table.scalar_type());
+    TORCH_CHECK(table.device() == query.device(), op, ": block_table must be on query's device (", query.device(),
+                "), got ", table.device());
+    TORCH_CHECK(table.is_contiguous(), op, ": block_table must be contiguous");
+    TORCH_CHECK(table.sym_size(0) == query.sym_size(0), op, ": block_table must have one row per sequence (",
+                query.sym_size(0), "), got ", table.sym_size(0));
+    TORCH_CHECK(o.seqused_k.has_value() && !o.cu_seqlens_q.has_value(), op,
+                ": block_table (a paged cache) needs seqused_k, the keys each sequence uses, and no cu_seqlens");
+    TORCH_CHECK(!attn_mask.has_value(), op, ": attn_mask cannot be combined with block_table (a paged cache)");
+    TORCH_CHECK(key.sym_size(2) > 0 || table.sym_size(1) == 0, op,
+                ": the cache's block_size (key's dim 2) must be at least 1, got ", key.sym_size(2));
+  }
 }
 
 }  // namespace
@@ -95,10 +111,23 @@ void check_sequence_values(const char* op, const at::Tensor& query, const at::Te
     const int32_t* used = o.seqused_k->const_data_ptr<int32_t>();
     const int32_t* cu_k = o.cu_seqlens_k.has_value() ? o.cu_seqlens_k->const_data_ptr<int32_t>() : nullptr;
     for (int64_t s = 0; s < sequences; ++s) {
-      const int64_t available = cu_k != nullptr ? int64_t(cu_k[s + 1]) - cu_k[s] : key.size(2);
+      const int64_t available = cu_k != nullptr ? int64_t(cu_k[s + 1]) - cu_k[s] : o.key_capacity(key);
       // kv_cache_attention's cache_seqlens arrive as seqused_k: the message names both.
       TORCH_CHECK(used[s] >= 0 && used[s] <= available, op, ": cache_seqlens[", s, "] = ", used[s],
                   " (seqused_k) must be in [0, ", available, "], the keys that sequence has");
+    }
+  }
+  if (o.block_table.has_value()) {
+    // Only the blocks that hold a used key are read; the rest of a row may be anything (padding).
+    const int64_t block_size = key.size(2), blocks = key.size(0), max_blocks = o.block_table->size(1);
+    const int32_t* table = o.block_table->const_data_ptr<int32_t>();
+    const int32_t* used = o.seqused_k->const_data_ptr<int32_t>();
+    for (int64_t s = 0; s < sequences; ++s) {
+      for (int64_t i = 0; i * block_size < used[s]; ++i) {
+        const int32_t block = table[s * max_blocks + i];
+        TORCH_CHECK(block >= 0 && block < blocks, op, ": block_table[", s, ", ", i, "] = ", block,
+                    " is not a block of the cache, which has ", blocks, " (key_cache's dim 0)");
+      }
     }
   }
 }
@@ -119,9 +148,15 @@ void check_core_inputs(const char* op, const at::Tensor& query, const at::Tensor
   const auto dtype = query.scalar_type();
   TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble, op,
               ": query must be float16, bfloat16, float32 or float64, got ", dtype);
-  TORCH_CHECK(key.sym_size(0) == query.sym_size(0) && value.sym_size(0) == query.sym_size(0), op,
-              ": query, key and value must have one batch size, got ", query.sym_size(0), ", ", key.sym_size(0),
-              " and ", value.sym_size(0));
+  if (options.block_table.has_value()) {
+    // A paged cache: key and value are the cache's blocks, as many as it has.
+    TORCH_CHECK(value.sym_size(0) == key.sym_size(0), op, ": key and value must have one number of blocks, got ",
+                key.sym_size(0), " and ", value.sym_size(0));
+  } else {
+    TORCH_CHECK(key.sym_size(0) == query.sym_size(0) && value.sym_size(0) == query.sym_size(0), op,
+                ": query, key and value must have one batch size, got ", query.sym_size(0), ", ", key.sym_size(0),
+                " and ", value.sym_size(0));
+  }
   TORCH_CHECK(value.sym_size(1) == key.sym_size(1), op, ": key and value must have one head count, got ",
               key.sym_size(1), " and ", value.sym_size(1));
   // No heads at all (both 0) is an empty problem, as PyTorch takes it.

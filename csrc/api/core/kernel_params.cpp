@@ -87,6 +87,13 @@ AttentionParams make_params(const at::Tensor& query, const at::Tensor& key, cons
     p.max_seqlen_k = options.max_seqlen_k;
   }
   if (options.seqused_k.has_value()) p.seqused_k = options.seqused_k->const_data_ptr<int32_t>();
+  if (options.block_table.has_value()) {
+    const at::Tensor& table = *options.block_table;
+    p.block_table = table.const_data_ptr<int32_t>();
+    p.block_table_stride = table.size(1);
+    p.block_size = key.size(2);
+    p.kv_len = p.max_seqlen_k = options.key_capacity(key);
+  }
   return p;
 }
 

@@ -146,6 +146,9 @@ BackwardInputs attention_backward_derivative(const BackwardCall& call, const std
                               "attention_backward: its derivative (double backward) runs eagerly; it cannot be "
                               "traced by torch.compile or export, nor run on fake or meta tensors");
   const CallSettings& s = call.settings;
+  TORCH_CHECK_NOT_IMPLEMENTED(!s.options.block_table.has_value(),
+                              "attention_backward: its derivative (double backward) is not implemented for a paged "
+                              "cache (block_table)");
   // The parameters of the call as the kernels saw them, for the score rules.
   const AttentionOptions options = kernel_options(on_host(s.options), call.query.scalar_type());
   // The score rules read shapes and settings only, never the tensors'

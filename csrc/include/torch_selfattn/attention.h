@@ -53,6 +53,9 @@ struct KVCacheOptions {
   std::optional<at::Tensor> alibi_slopes;
   std::optional<double> softcap;
   std::optional<at::Tensor> sinks;
+  // A paged cache: (B, max_blocks) integers, the blocks of each sequence in
+  // order; key_cache and value_cache are then (num_blocks, block_size, H, E/Ev).
+  std::optional<at::Tensor> block_table;
 };
 
 // softmax(query @ key^T * scale + attn_mask) @ value, like
