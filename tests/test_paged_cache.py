@@ -122,6 +122,13 @@ def test_matches_the_gathered_cache(shape, dtype):
     PagedCache(cache_seqlens, L, block_size, dtype=dtype).check()
 
 
+@pytest.mark.parametrize("L", [1, 3])
+def test_split_keys_path(L):
+    """One sequence and one kv head: its 1500 keys split into chunks across
+    the cores (split_keys_forward.h), each chunk reading its own blocks."""
+    PagedCache([1500], L, 16, H=1).check()
+
+
 OPTIONS = {
     "not_causal": dict(is_causal=False),
     "window_alibi": dict(window=(20, -1), alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625])),

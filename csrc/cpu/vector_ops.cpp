@@ -56,50 +56,105 @@ SELFATTN_INLINE void multiply_impl(T* x, const T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= y[i];
 }
 
-// Four rows at a time: four independent sums hide the latency of the
-// multiply-adds, and x is read once for them.
+// Σ_i x_r[i]·rows_j[i] for one or two query rows r and four key rows j at
+// a time: independent sums hide the latency of the multiply-adds, and each
+// element of a key row is read once for both query rows.
 template <typename T>
-SELFATTN_INLINE void dot_rows_impl(const T* x, const T* rows, int64_t ld, int64_t count, int64_t n, T factor, T* out) {
-  int64_t j = 0;
-  for (; j + 4 <= count; j += 4) {
-    const T *r0 = rows + j * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+SELFATTN_INLINE void dot_block(const T* x, const T* rows, int64_t ld, int64_t n, T factor, T* out) {
+  const T *r0 = rows, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t i = 0; i < n; ++i) {
-      s0 += x[i] * r0[i];
-      s1 += x[i] * r1[i];
-      s2 += x[i] * r2[i];
-      s3 += x[i] * r3[i];
-    }
-    out[j] = factor * s0;
-    out[j + 1] = factor * s1;
-    out[j + 2] = factor * s2;
-    out[j + 3] = factor * s3;
+  for (int64_t i = 0; i < n; ++i) {
+    s0 += x[i] * r0[i];
+    s1 += x[i] * r1[i];
+    s2 += x[i] * r2[i];
+    s3 += x[i] * r3[i];
   }
-  for (; j < count; ++j) {
-    const T* r = rows + j * ld;
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; ++i) s += x[i] * r[i];
-    out[j] = factor * s;
+  out[0] = factor * s0;
+  out[1] = factor * s1;
+  out[2] = factor * s2;
+  out[3] = factor * s3;
+}
+
+template <typename T>
+SELFATTN_INLINE void dot_block_two(const T* x, int64_t ldx, const T* rows, int64_t ld, int64_t n, T factor, T* out,
+                                   int64_t ldo) {
+  const T *x0 = x, *x1 = x + ldx;
+  const T *r0 = rows, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
+  T a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+  for (int64_t i = 0; i < n; ++i) {
+    const T k0 = r0[i], k1 = r1[i], k2 = r2[i], k3 = r3[i];
+    a0 += x0[i] * k0;
+    a1 += x0[i] * k1;
+    a2 += x0[i] * k2;
+    a3 += x0[i] * k3;
+    b0 += x1[i] * k0;
+    b1 += x1[i] * k1;
+    b2 += x1[i] * k2;
+    b3 += x1[i] * k3;
+  }
+  const T sums[2][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}};
+  for (int r = 0; r < 2; ++r) {
+    for (int c = 0; c < 4; ++c) out[r * ldo + c] = factor * sums[r][c];
   }
 }
 
-// Four rows at a time, so that y is loaded and stored once for them.
 template <typename T>
-SELFATTN_INLINE void add_rows_impl(T* y, const T* rows, int64_t ld, int64_t count, int64_t n, const T* a) {
+SELFATTN_INLINE T dot_one(const T* x, const T* row, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += x[i] * row[i];
+  return s;
+}
+
+template <typename T>
+SELFATTN_INLINE void dot_rows_impl(const T* x, int64_t ldx, int64_t xrows, const T* rows, int64_t ld, int64_t count,
+                                   int64_t n, T factor, T* out, int64_t ldo) {
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
-    const T *r0 = rows + j * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
-    const T a0 = a[j], a1 = a[j + 1], a2 = a[j + 2], a3 = a[j + 3];
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) y[i] += a0 * r0[i] + a1 * r1[i] + a2 * r2[i] + a3 * r3[i];
+    int64_t r = 0;
+    for (; r + 2 <= xrows; r += 2) dot_block_two(x + r * ldx, ldx, rows + j * ld, ld, n, factor, out + r * ldo + j, ldo);
+    if (r < xrows) dot_block(x + r * ldx, rows + j * ld, ld, n, factor, out + r * ldo + j);
   }
   for (; j < count; ++j) {
-    const T* r = rows + j * ld;
-    const T aj = a[j];
+    for (int64_t r = 0; r < xrows; ++r) out[r * ldo + j] = factor * dot_one(x + r * ldx, rows + j * ld, n);
+  }
+}
+
+// y_r ← y_r + Σ_j a_r[j]·rows_j for Y rows of y and four key rows at a
+// time: y is loaded and stored once per four key rows, and each element of
+// a key row is read once for the Y rows.
+template <int Y, typename T>
+SELFATTN_INLINE void add_block(T* y, int64_t ldy, const T* rows, int64_t ld, int64_t n, const T* a, int64_t lda) {
+  T w[Y][4];
+  for (int r = 0; r < Y; ++r) {
+    for (int c = 0; c < 4; ++c) w[r][c] = a[r * lda + c];
+  }
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) y[i] += aj * r[i];
+  for (int64_t i = 0; i < n; ++i) {
+    const T k0 = rows[i], k1 = rows[ld + i], k2 = rows[2 * ld + i], k3 = rows[3 * ld + i];
+    for (int r = 0; r < Y; ++r) y[r * ldy + i] += w[r][0] * k0 + w[r][1] * k1 + w[r][2] * k2 + w[r][3] * k3;
+  }
+}
+
+template <typename T>
+SELFATTN_INLINE void add_rows_impl(T* y, int64_t ldy, int64_t yrows, const T* rows, int64_t ld, int64_t count,
+                                   int64_t n, const T* a, int64_t lda) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    int64_t r = 0;
+    for (; r + 2 <= yrows; r += 2) add_block<2>(y + r * ldy, ldy, rows + j * ld, ld, n, a + r * lda + j, lda);
+    if (r < yrows) add_block<1>(y + r * ldy, ldy, rows + j * ld, ld, n, a + r * lda + j, lda);
+  }
+  for (; j < count; ++j) {
+    const T* row = rows + j * ld;
+    for (int64_t r = 0; r < yrows; ++r) {
+      T* yr = y + r * ldy;
+      const T ar = a[r * lda + j];
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) yr[i] += ar * row[i];
+    }
   }
 }
 
@@ -148,20 +203,22 @@ SELFATTN_CLONED void scale(double* x, int64_t n, double factor) { scale_impl(x, 
 SELFATTN_CLONED void multiply(float* x, const float* y, int64_t n) { multiply_impl(x, y, n); }
 SELFATTN_CLONED void multiply(double* x, const double* y, int64_t n) { multiply_impl(x, y, n); }
 
-SELFATTN_CLONED void dot_rows(const float* x, const float* rows, int64_t ld, int64_t count, int64_t n, float factor,
-                              float* out) {
-  dot_rows_impl(x, rows, ld, count, n, factor, out);
+SELFATTN_CLONED void dot_rows(const float* x, int64_t ldx, int64_t xrows, const float* rows, int64_t ld,
+                              int64_t count, int64_t n, float factor, float* out, int64_t ldo) {
+  dot_rows_impl(x, ldx, xrows, rows, ld, count, n, factor, out, ldo);
 }
-SELFATTN_CLONED void dot_rows(const double* x, const double* rows, int64_t ld, int64_t count, int64_t n,
-                              double factor, double* out) {
-  dot_rows_impl(x, rows, ld, count, n, factor, out);
+SELFATTN_CLONED void dot_rows(const double* x, int64_t ldx, int64_t xrows, const double* rows, int64_t ld,
+                              int64_t count, int64_t n, double factor, double* out, int64_t ldo) {
+  dot_rows_impl(x, ldx, xrows, rows, ld, count, n, factor, out, ldo);
 }
 
-SELFATTN_CLONED void add_rows(float* y, const float* rows, int64_t ld, int64_t count, int64_t n, const float* a) {
-  add_rows_impl(y, rows, ld, count, n, a);
+SELFATTN_CLONED void add_rows(float* y, int64_t ldy, int64_t yrows, const float* rows, int64_t ld, int64_t count,
+                              int64_t n, const float* a, int64_t lda) {
+  add_rows_impl(y, ldy, yrows, rows, ld, count, n, a, lda);
 }
-SELFATTN_CLONED void add_rows(double* y, const double* rows, int64_t ld, int64_t count, int64_t n, const double* a) {
-  add_rows_impl(y, rows, ld, count, n, a);
+SELFATTN_CLONED void add_rows(double* y, int64_t ldy, int64_t yrows, const double* rows, int64_t ld, int64_t count,
+                              int64_t n, const double* a, int64_t lda) {
+  add_rows_impl(y, ldy, yrows, rows, ld, count, n, a, lda);
 }
 
 SELFATTN_CLONED void score_gradient(const float* p, float* x, int64_t n, float d) { score_gradient_impl(p, x, n, d); }

@@ -31,14 +31,19 @@ void scale(double* x, int64_t n, double factor);
 void multiply(float* x, const float* y, int64_t n);
 void multiply(double* x, const double* y, int64_t n);
 
-// out[j] = factor·Σ x ∘ rows[j], for `count` rows of n elements, `ld` apart:
-// a matrix-vector product, four rows at a time.
-void dot_rows(const float* x, const float* rows, int64_t ld, int64_t count, int64_t n, float factor, float* out);
-void dot_rows(const double* x, const double* rows, int64_t ld, int64_t count, int64_t n, double factor, double* out);
-
-// y ← y + Σ_j a[j]·rows[j], for `count` rows of n elements, `ld` apart.
-void add_rows(double* y, const double* rows, int64_t ld, int64_t count, int64_t n, const double* a);
-void add_rows(float* y, const float* rows, int64_t ld, int64_t count, int64_t n, const float* a);
+// The products of a decoding step's few query rows with a block of keys
+// (a matrix times a short, wide matrix), `count` key rows of n elements,
+// `ld` apart.
+//   dot_rows: out[r·ldo + j] = factor·Σ x_r ∘ rows_j, for xrows rows x_r, ldx apart;
+//   add_rows: y_r ← y_r + Σ_j a[r·lda + j]·rows_j, for yrows rows y_r, ldy apart.
+void dot_rows(const float* x, int64_t ldx, int64_t xrows, const float* rows, int64_t ld, int64_t count, int64_t n,
+              float factor, float* out, int64_t ldo);
+void dot_rows(const double* x, int64_t ldx, int64_t xrows, const double* rows, int64_t ld, int64_t count, int64_t n,
+              double factor, double* out, int64_t ldo);
+void add_rows(float* y, int64_t ldy, int64_t yrows, const float* rows, int64_t ld, int64_t count, int64_t n,
+              const float* a, int64_t lda);
+void add_rows(double* y, int64_t ldy, int64_t yrows, const double* rows, int64_t ld, int64_t count, int64_t n,
+              const double* a, int64_t lda);
 
 // x ← p ∘ (x − d): turns dP into the score gradient dS.
 void score_gradient(const float* p, float* x, int64_t n, float d);
