@@ -23,7 +23,8 @@ class Cache:
     """query (B, Hq, L, E), key_cache and value_cache (B, H, S_max, E/Ev)
     whose rows past cache_seqlens[b] are NaN, cache_seqlens (B,) int32."""
 
-    def __init__(self, cache_seqlens, L, S_max, Hq=4, H=1, E=32, Ev=24, dtype=torch.float32, seed=0):
+    def __init__(self, cache_seqlens, L, S_max, Hq=4, H=1, E=32, Ev=24, dtype=torch.float32, seed=0,
+                 token_major=False):
         g = torch.Generator().manual_seed(seed)
         B = len(cache_seqlens)
 
@@ -36,6 +37,9 @@ class Cache:
             self.key_cache[b, :, used:] = float("nan")
             self.value_cache[b, :, used:] = float("nan")
         self.cache_seqlens = torch.tensor(cache_seqlens, dtype=torch.int32)
+        if token_major:  # FlashAttention's (B, S_max, H, E) layout, seen as (B, H, S_max, E)
+            self.key_cache, self.value_cache = (t.transpose(1, 2).contiguous().transpose(1, 2)
+                                                for t in (self.key_cache, self.value_cache))
 
     def ours(self, **kwargs):
         with poisoned_outputs():
@@ -71,6 +75,14 @@ OPTIONS = {
 @pytest.mark.parametrize("case", list(OPTIONS))
 def test_decode_step(case, L):
     Cache([8000, 700], L=L, S_max=8192, seed=L).check(**OPTIONS[case])
+
+
+# A token-major cache, with no rule that differs between query rows, takes
+# the all-heads decoding path (csrc/cpu/paged_decode.h).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case, L", [("causal", 1), ("not_causal", 4), ("window", 1)])
+def test_decode_step_token_major(case, L, dtype):
+    Cache([8000, 700, 0], L=L, S_max=8192, H=2, dtype=dtype, seed=L, token_major=True).check(**OPTIONS[case])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)

@@ -64,6 +64,13 @@ def test_rows_without_keys_and_keys_without_rows():
     assert (grad_k[:5] == 0).all() and (grad_v[:5] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_few_queries_against_many_keys(dtype):
+    # At most 16 queries per sequence and no rule that tells rows apart: all
+    # heads of a sequence make one tile (csrc/cpu/paged_decode.h), across key tiles.
+    Packed([1, 3, 0, 16], [40, 700, 5, 600], dtype=dtype, seed=5).check()
+
+
 def test_no_sequences():
     batch = Packed([], seed=4)
     out = batch.varlen(batch.q, batch.k, batch.v)

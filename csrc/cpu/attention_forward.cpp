@@ -10,6 +10,7 @@
 #include "cpu/kernels.h"
 #include "cpu/online_softmax.h"
 #include "common/sequence_problem.h"
+#include "cpu/paged_decode.h"
 #include "cpu/split_keys_forward.h"
 
 namespace selfattn::cpu {
@@ -57,6 +58,7 @@ void run_forward(const AttentionParams& p) {
 template <typename scalar_t, typename acc_t>
 struct ForwardKernel {
   static void run(const AttentionParams& p) {
+    if (paged_decode_applies(p)) return forward_paged_decode<scalar_t, acc_t>(p);
     if (use_split_keys(p)) return forward_split_keys<scalar_t, acc_t>(p);
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       if (MatrixUnitProducts::applies(p)) return run_forward<scalar_t, acc_t, MatrixUnitProducts>(p);

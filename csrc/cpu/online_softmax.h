@@ -44,25 +44,26 @@ void online_softmax_step(const TileCoord& t, acc_t* scores, int64_t ld, ForwardW
 }
 
 // Divides each row of the output by its sum and writes it with its
-// logsumexp. A fully masked row gives 0, as PyTorch's safe softmax.
+// logsumexp. A fully masked row gives 0, as PyTorch's safe softmax. The
+// tile's rows start at row ws_row0 of the workspace.
 template <typename scalar_t, typename acc_t>
 void finish_query_tile(const AttentionParams& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
-                       ForwardWorkspace<acc_t>& ws) {
+                       ForwardWorkspace<acc_t>& ws, int64_t ws_row0 = 0) {
   const int64_t Ev = p.value_dim;
   auto* lse = static_cast<acc_t*>(p.logsumexp) + p.row_index(b, h, row0);
   for (int64_t r = 0; r < rows; ++r) {
-    const acc_t row_max = ws.row_max.data()[r];
-    acc_t* out = ws.out.data() + r * Ev;
+    const acc_t row_max = ws.row_max.data()[ws_row0 + r];
+    acc_t* out = ws.out.data() + (ws_row0 + r) * Ev;
     if (row_max == minus_infinity<acc_t>()) {
       std::fill(out, out + Ev, acc_t(0));
       lse[r] = minus_infinity<acc_t>();
       continue;
     }
-    const acc_t row_sum = ws.row_sum.data()[r];
+    const acc_t row_sum = ws.row_sum.data()[ws_row0 + r];
     scale(out, Ev, acc_t(1) / row_sum);
     lse[r] = row_max + std::log(row_sum);
   }
-  store_tile<scalar_t>(ws.out.data(), Ev, p.out, b, h, row0, rows, Ev);
+  store_tile<scalar_t>(ws.out.data() + ws_row0 * Ev, Ev, p.out, b, h, row0, rows, Ev);
 }
 
 template <typename acc_t>
