@@ -20,7 +20,6 @@ float max_element(const float* x, int64_t n);
 double max_element(const double* x, int64_t n);
 
 // x ← exp(x − shift)·factor; returns Σ exp(x − shift) before the factor.
-// Terms under e^-80 (masked −inf scores among them) are exactly 0.
 float exp_shifted(float* x, int64_t n, float shift, float factor);
 double exp_shifted(double* x, int64_t n, double shift, double factor);
 
