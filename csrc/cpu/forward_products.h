@@ -42,24 +42,22 @@ class FloatProducts {
   void scores(const TileCoord& t, acc_t* s, int64_t ld) {
     const auto scale = static_cast<acc_t>(p_.scale);
     for_each_key_run(p_, t.b, t.col0, t.cols, [&](const KeyRun& run) {
+      const auto k =
+          row_operand<scalar_t>(p_.k, run.batch, kv_head(t), run.row, run.count, p_.head_dim, k_copy_.data());
       if (row_products(t, run)) {
-        const auto k = row_operand<scalar_t>(p_.k, run.batch, kv_head(t), run.row, run.count, p_.head_dim, k_copy_.data());
         return dot_rows(q_.data, q_.ld, t.rows, k.data, k.ld, run.count, p_.head_dim, scale, s + run.first, ld);
       }
-      const auto k = row_operand<scalar_t>(p_.k, run.batch, kv_head(t), run.row, run.count, p_.head_dim, k_copy_.data());
       gemm_abt(t.rows, run.count, p_.head_dim, q_.data, q_.ld, k.data, k.ld, s + run.first, ld, scale, acc_t(0));
     });
   }
 
   void add_probs_times_values(const TileCoord& t, acc_t* probs, int64_t ld, acc_t* out, int64_t ld_out) {
     for_each_key_run(p_, t.b, t.col0, t.cols, [&](const KeyRun& run) {
-      if (row_products(t, run)) {
-        const auto v =
-            row_operand<scalar_t>(p_.v, run.batch, kv_head(t), run.row, run.count, p_.value_dim, v_copy_.data());
-        return add_rows(out, ld_out, t.rows, v.data, v.ld, run.count, p_.value_dim, probs + run.first, ld);
-      }
       const auto v =
           row_operand<scalar_t>(p_.v, run.batch, kv_head(t), run.row, run.count, p_.value_dim, v_copy_.data());
+      if (row_products(t, run)) {
+        return add_rows(out, ld_out, t.rows, v.data, v.ld, run.count, p_.value_dim, probs + run.first, ld);
+      }
       gemm_ab(t.rows, p_.value_dim, run.count, probs + run.first, ld, v.data, v.ld, out, ld_out);
     });
   }

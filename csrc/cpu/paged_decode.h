@@ -1,13 +1,12 @@
 // The forward of a decoding step on a paged cache (or on any token-major
 // one, packed varlen batches included), when no score rule tells one query
-// row from another: all query rows of
-// all heads of a sequence make one tile, and the cache is taken 16 key rows
-// at a time, head after head. A key row of a block holds every head's key
-// side by side, so one head at a time over all blocks (the tile loop) would
-// read 512-byte pieces 4 KiB apart; here each piece of 16 rows is read once,
-// front to back. The keys split into chunks
-// across the cores, and the chunks merge by their logsumexp, as in
-// split_keys_forward.h.
+// row from another: all query rows of all heads of a sequence make one
+// tile, and the cache is taken 16 key rows at a time, head after head. A key
+// row of a block holds every head's key side by side, so one head at a time
+// over all blocks (the tile loop) would read 512-byte pieces 4 KiB apart;
+// here each piece of 16 rows is read once, front to back. The keys split
+// into chunks across the cores, and the chunks merge by their logsumexp, as
+// in split_keys_forward.h.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -25,10 +24,10 @@ inline bool token_major(const AttentionParams& p) {
 }
 
 inline bool paged_decode_applies(const AttentionParams& p) {
-  return token_major(p) && p.has_sequences() && p.sequences > 0 && p.kv_heads > 0 && p.max_seqlen_q <= kFewQueryRows &&
-         p.q_heads * p.max_seqlen_q <= kQueryTile &&
-         !p.causal && p.window_left < 0 && p.window_right < 0 && !has_score_bias(p) &&
-         p.mask_kind == MaskKind::None && !p.dropout.enabled();
+  return token_major(p) && p.has_sequences() && p.sequences > 0 && p.kv_heads > 0 &&
+         p.max_seqlen_q <= kFewQueryRows && p.q_heads * p.max_seqlen_q <= kQueryTile && !p.causal &&
+         p.window_left < 0 && p.window_right < 0 && !has_score_bias(p) && p.mask_kind == MaskKind::None &&
+         !p.dropout.enabled();
 }
 
 // Row h·L + i of the tile is query i of head h; the rows of the query heads
@@ -90,8 +89,7 @@ class PagedDecodeTile {
 template <typename scalar_t, typename acc_t>
 void forward_paged_decode(const AttentionParams& p) {
   const int64_t rows = p.q_heads * p.max_seqlen_q;
-  const int64_t wanted = 2 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t chunks = std::max<int64_t>(1, std::min(ceil_div(p.max_seqlen_k, kKeyTile), ceil_div(wanted, p.sequences)));
+  const int64_t chunks = key_chunks(p, p.sequences);
   KeyChunkResults<acc_t> results(p.sequences * chunks, rows, p.value_dim);
 
   at::parallel_for(0, p.sequences * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -99,14 +97,12 @@ void forward_paged_decode(const AttentionParams& p) {
     for (int64_t slot = begin; slot < end; ++slot) {
       with_sequence(p, slot / chunks, [&](const AttentionParams& problem, int64_t b) {
         start_query_tile(rows, ws);
-        const int64_t tiles_per_chunk = ceil_div(ceil_div(problem.kv_len, kKeyTile), chunks);
-        const int64_t first = (slot % chunks) * tiles_per_chunk * kKeyTile;
-        const int64_t last = std::min(problem.kv_len, first + tiles_per_chunk * kKeyTile);
+        const KeyRange keys = key_chunk(KeyRange{0, problem.kv_len}, chunks, slot % chunks);
         PagedDecodeTile<scalar_t, acc_t> tile(problem);
         tile.load_queries(b);
         acc_t* s = ws.scores.data();
-        for (int64_t col0 = first; col0 < last; col0 += kKeyTile) {
-          const int64_t cols = std::min(kKeyTile, last - col0);
+        for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
+          const int64_t cols = std::min(kKeyTile, keys.end - col0);
           tile.scores(b, col0, cols, s, kKeyTile);
           online_softmax_step(TileCoord{b, 0, 0, rows, col0, cols}, s, kKeyTile, ws);
           tile.add_probs_times_values(b, col0, cols, s, kKeyTile, ws.out.data());

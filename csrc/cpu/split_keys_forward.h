@@ -12,14 +12,28 @@
 
 namespace selfattn::cpu {
 
+// Into how many chunks of whole key tiles each of `tasks` tasks splits its
+// keys: 1 (no split) unless the tasks alone give fewer than two per thread.
+inline int64_t key_chunks(const AttentionParams& p, int64_t tasks) {
+  const int64_t wanted = 2 * static_cast<int64_t>(at::get_num_threads());
+  if (tasks == 0 || tasks >= wanted) return 1;
+  return std::max<int64_t>(1, std::min(ceil_div(p.max_seqlen_k, kKeyTile), ceil_div(wanted, tasks)));
+}
+
+// Chunk `chunk` of `chunks` of the keys: whole key tiles, the last shorter
+// (or empty).
+inline KeyRange key_chunk(const KeyRange& keys, int64_t chunks, int64_t chunk) {
+  const int64_t tiles_per_chunk = ceil_div(ceil_div(keys.end - keys.first, kKeyTile), chunks);
+  const int64_t first = keys.first + chunk * tiles_per_chunk * kKeyTile;
+  return KeyRange{first, std::min(keys.end, first + tiles_per_chunk * kKeyTile)};
+}
+
 // Into how many chunks each (sequence, head) splits its keys: 1 (no split)
 // unless every sequence fits one tile of query rows and the heads alone give
 // fewer than two tasks per thread.
 inline int64_t split_key_chunks(const AttentionParams& p) {
-  const int64_t tasks = p.sequences * p.q_heads;
-  const int64_t wanted = 2 * static_cast<int64_t>(at::get_num_threads());
-  if (p.max_seqlen_q > kQueryTile || tasks == 0 || tasks >= wanted) return 1;
-  return std::max<int64_t>(1, std::min(ceil_div(p.max_seqlen_k, kKeyTile), ceil_div(wanted, tasks)));
+  if (p.max_seqlen_q > kQueryTile) return 1;
+  return key_chunks(p, p.sequences * p.q_heads);
 }
 
 inline bool use_split_keys(const AttentionParams& p) { return split_key_chunks(p) > 1; }
@@ -83,14 +97,11 @@ void forward_split_keys(const AttentionParams& p) {
       const int64_t s = slot / (p.q_heads * chunks), h = (slot / chunks) % p.q_heads, chunk = slot % chunks;
       with_sequence(p, s, [&](const AttentionParams& problem, int64_t b) {
         if (problem.q_len == 0) return;
-        const KeyRange keys = visible_key_tiles(problem, 0, problem.q_len);
-        const int64_t tiles_per_chunk = ceil_div(ceil_div(keys.end - keys.first, kKeyTile), chunks);
-        const int64_t first = keys.first + chunk * tiles_per_chunk * kKeyTile;
         Products products(problem);
         products.begin_query_tile(b, h, 0, problem.q_len);
         start_query_tile(problem.q_len, ws);
         accumulate_keys(problem, b, h, 0, problem.q_len,
-                        KeyRange{first, std::min(keys.end, first + tiles_per_chunk * kKeyTile)}, products, ws);
+                        key_chunk(visible_key_tiles(problem, 0, problem.q_len), chunks, chunk), products, ws);
         results.save(slot, ws);
       });
     }

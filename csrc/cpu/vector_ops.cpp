@@ -114,7 +114,9 @@ SELFATTN_INLINE void dot_rows_impl(const T* x, int64_t ldx, int64_t xrows, const
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
     int64_t r = 0;
-    for (; r + 2 <= xrows; r += 2) dot_block_two(x + r * ldx, ldx, rows + j * ld, ld, n, factor, out + r * ldo + j, ldo);
+    for (; r + 2 <= xrows; r += 2) {
+      dot_block_two(x + r * ldx, ldx, rows + j * ld, ld, n, factor, out + r * ldo + j, ldo);
+    }
     if (r < xrows) dot_block(x + r * ldx, rows + j * ld, ld, n, factor, out + r * ldo + j);
   }
   for (; j < count; ++j) {

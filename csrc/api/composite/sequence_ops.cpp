@@ -80,7 +80,8 @@ std::tuple<at::Tensor, at::Tensor> kv_cache_attention_with_lse(
   constexpr const char* op = "kv_cache_attention";
   const bool paged = block_table.has_value();
   check_rank(op, "query", query, 4, "(batch, Hq, L, E)");
-  check_rank(op, "key_cache", key_cache, 4, paged ? "(num_blocks, block_size, H, E) with block_table" : "(batch, H, S_max, E)");
+  check_rank(op, "key_cache", key_cache, 4,
+             paged ? "(num_blocks, block_size, H, E) with block_table" : "(batch, H, S_max, E)");
   check_rank(op, "value_cache", value_cache, 4,
              paged ? "(num_blocks, block_size, H, Ev) with block_table" : "(batch, H, S_max, Ev)");
   AttentionOptions options = score_options(op, window, "bottom_right", alibi_slopes, softcap);
