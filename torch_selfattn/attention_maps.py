@@ -144,9 +144,10 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None, h
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     device = query.device
     compute_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-    # The products q·kᵀ in float64 on the CPU: there PyTorch's float32 bmm has
-    # returned errors of 1e-4 (about 13-bit products) on its first call in
-    # some processes, which the probabilities would inherit.
+    # The products q·kᵀ and the exp in float64 on the CPU: on our 2-core
+    # development machines, PyTorch's first float32 bmm, and its first float32
+    # exp, in a process have returned errors of 1e-4 (about 13 bits) in a few
+    # percent of processes, which the probabilities would inherit.
     product_dtype = torch.float64 if device.type == "cpu" else compute_dtype
 
     # The chosen heads and rows; key heads repeated per query head (only the chosen ones).
@@ -177,7 +178,8 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None, h
         row_lse = logsumexp[..., block] if logsumexp is not None else torch.logsumexp(scores, dim=-1)
         row_lse = row_lse.to(compute_dtype).unsqueeze(-1)
         # A fully masked row has logsumexp -inf: PyTorch's SDPA gives it zeros.
-        out[..., block, :] = torch.exp(scores - row_lse).masked_fill(torch.isneginf(row_lse), 0.0).to(out.dtype)
+        probs = torch.exp((scores - row_lse).to(product_dtype))
+        out[..., block, :] = probs.masked_fill(torch.isneginf(row_lse), 0.0).to(out.dtype)
 
     if drop_row:
         out = out.squeeze(-2)

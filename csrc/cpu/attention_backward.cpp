@@ -31,11 +31,11 @@ struct BackwardWorkspace {
         grad_out(kQueryTile * p.value_dim),
         k(kKeyTile * p.head_dim),
         v(kKeyTile * p.value_dim),
-        probs(kQueryTile * kKeyTile),
-        grad_scores(kQueryTile * kKeyTile),
-        dropout(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
-        dropped_probs(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
-        score_slopes(p.softcap > 0.0 ? kQueryTile * kKeyTile : 0),
+        probs(kQueryTile * kScoreLd),
+        grad_scores(kQueryTile * kScoreLd),
+        dropout(p.dropout.enabled() ? kQueryTile * kScoreLd : 0),
+        dropped_probs(p.dropout.enabled() ? kQueryTile * kScoreLd : 0),
+        score_slopes(p.softcap > 0.0 ? kQueryTile * kScoreLd : 0),
         grad_acc(std::max(kQueryTile, kKeyTile) * std::max(p.head_dim, p.value_dim)),
         grad_acc2(kKeyTile * p.value_dim),
         lse(kQueryTile),
@@ -68,18 +68,18 @@ void load_key_side(const AttentionParams& p, int64_t b, int64_t kv_head, int64_t
 
 // With the query side and the key side of tile t loaded, recomputes the
 // probabilities P (before dropout) into `probs` and their gradient
-// dP = Z ∘ dO·Vᵀ into `grad_probs` (leading dimension kKeyTile), Z being
+// dP = Z ∘ dO·Vᵀ into `grad_probs` (leading dimension kScoreLd), Z being
 // the dropout multipliers (left in ws.dropout).
 template <typename acc_t>
 void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws,
                                       acc_t* probs, acc_t* grad_probs) {
-  compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kKeyTile, ws.slopes());
-  probabilities_from_logsumexp(t, ws.lse.data(), ws.row_scale.data(), probs, kKeyTile);
+  compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kScoreLd, ws.slopes());
+  probabilities_from_logsumexp(t, ws.lse.data(), ws.row_scale.data(), probs, kScoreLd);
   gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, grad_probs,
-           kKeyTile, acc_t(1), acc_t(0));
+           kScoreLd, acc_t(1), acc_t(0));
   if (p.dropout.enabled()) {
-    dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
-    multiply_tile(grad_probs, ws.dropout.data(), kKeyTile, t.rows, t.cols);
+    dropout_multipliers(p, t, ws.dropout.data(), kScoreLd);
+    multiply_tile(grad_probs, ws.dropout.data(), kScoreLd, t.rows, t.cols);
   }
 }
 
@@ -87,7 +87,7 @@ void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord&
 template <typename acc_t>
 void to_score_gradient(const TileCoord& t, const acc_t* probs, acc_t* grad, const BackwardWorkspace<acc_t>& ws) {
   for (int64_t r = 0; r < t.rows; ++r) {
-    score_gradient(probs + r * kKeyTile, grad + r * kKeyTile, t.cols, ws.delta.data()[r]);
+    score_gradient(probs + r * kScoreLd, grad + r * kScoreLd, t.cols, ws.delta.data()[r]);
   }
 }
 
@@ -96,7 +96,7 @@ void to_score_gradient(const TileCoord& t, const acc_t* probs, acc_t* grad, cons
 // mask's gradient is taken before this, as the mask is added after the cap.
 template <typename acc_t>
 void through_softcap(const TileCoord& t, acc_t* grad, BackwardWorkspace<acc_t>& ws) {
-  if (ws.slopes() != nullptr) multiply_tile(grad, ws.slopes(), kKeyTile, t.rows, t.cols);
+  if (ws.slopes() != nullptr) multiply_tile(grad, ws.slopes(), kScoreLd, t.rows, t.cols);
 }
 
 // The score gradient dS = P ∘ (dP − D) of tile t into ws.grad_scores, with P
@@ -117,8 +117,8 @@ struct TileStore {
   acc_t* grads;
   bool keeps_all;
 
-  acc_t* probs_of(int64_t key_tile) const { return probs + (keeps_all ? key_tile * kQueryTile * kKeyTile : 0); }
-  acc_t* grads_of(int64_t key_tile) const { return grads + (keeps_all ? key_tile * kQueryTile * kKeyTile : 0); }
+  acc_t* probs_of(int64_t key_tile) const { return probs + (keeps_all ? key_tile * kQueryTile * kScoreLd : 0); }
+  acc_t* grads_of(int64_t key_tile) const { return grads + (keeps_all ? key_tile * kQueryTile * kScoreLd : 0); }
 };
 
 // The row statistics of the loaded tile of query rows, into the workspace
@@ -155,7 +155,7 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
     load_key_side<scalar_t>(p, b, h / p.group_size(), col0, t.cols, ws);
     probabilities_and_their_gradient(p, t, ws, probs, grads);
     for (int64_t r = 0; r < rows; ++r) {
-      add_row_sums(probs + r * kKeyTile, grads + r * kKeyTile, t.cols, prob_sum[r], weighted_sum[r]);
+      add_row_sums(probs + r * kScoreLd, grads + r * kScoreLd, t.cols, prob_sum[r], weighted_sum[r]);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -189,7 +189,7 @@ template <typename acc_t>
 void add_to_mask_gradient(const AttentionParams& p, const TileCoord& t, const acc_t* ds, acc_t* grad_mask) {
   for (int64_t r = 0; r < t.rows; ++r) {
     acc_t* gm = grad_mask + (p.mask_rows == 1 ? 0 : r) * p.mask_cols;
-    const acc_t* ds_row = ds + r * kKeyTile;
+    const acc_t* ds_row = ds + r * kScoreLd;
     if (p.mask_cols == 1) {
       acc_t row_sum = 0;
       for (int64_t c = 0; c < t.cols; ++c) row_sum += ds_row[c];
@@ -243,7 +243,7 @@ void query_pass(const AttentionBackwardParams& bp) {
               acc_t* ds = ws.grad_scores.data();
               if (mask_grad) add_to_mask_gradient(p, t, ds, grad_mask.data());
               through_softcap(t, ds, ws);
-              gemm_ab(rows, p.head_dim, t.cols, ds, kKeyTile, ws.k.data(), p.head_dim, dq, p.head_dim);
+              gemm_ab(rows, p.head_dim, t.cols, ds, kScoreLd, ws.k.data(), p.head_dim, dq, p.head_dim);
             }
             // dQ = scale · dS·K
             store_tile<scalar_t>(dq, p.head_dim, bp.grad_q, b, h, row0, rows, p.head_dim,
@@ -296,12 +296,12 @@ void key_pass(const AttentionBackwardParams& bp) {
           const acc_t* probs = ws.probs.data();
           if (p.dropout.enabled()) {  // dV takes the probabilities that multiplied V: the dropped ones
             acc_t* dropped = ws.dropped_probs.data();
-            for (int64_t r = 0; r < t.rows; ++r) std::copy_n(probs + r * kKeyTile, t.cols, dropped + r * kKeyTile);
-            multiply_tile(dropped, ws.dropout.data(), kKeyTile, t.rows, t.cols);
+            for (int64_t r = 0; r < t.rows; ++r) std::copy_n(probs + r * kScoreLd, t.cols, dropped + r * kScoreLd);
+            multiply_tile(dropped, ws.dropout.data(), kScoreLd, t.rows, t.cols);
             probs = dropped;
           }
-          gemm_atb(t.cols, p.value_dim, t.rows, probs, kKeyTile, ws.grad_out.data(), p.value_dim, dv, p.value_dim);
-          gemm_atb(t.cols, p.head_dim, t.rows, ws.grad_scores.data(), kKeyTile, ws.q.data(), p.head_dim, dk,
+          gemm_atb(t.cols, p.value_dim, t.rows, probs, kScoreLd, ws.grad_out.data(), p.value_dim, dv, p.value_dim);
+          gemm_atb(t.cols, p.head_dim, t.rows, ws.grad_scores.data(), kScoreLd, ws.q.data(), p.head_dim, dk,
                    p.head_dim, static_cast<acc_t>(p.scale));
         }
       }
@@ -321,8 +321,8 @@ struct HeadScratch {
 
   HeadScratch(const AttentionParams& p, int64_t kv_len, bool keeps_all, BackwardWorkspace<acc_t>& ws)
       : keeps_all(keeps_all),
-        kept_probs(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kKeyTile : 0),
-        kept_grads(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kKeyTile : 0),
+        kept_probs(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kScoreLd : 0),
+        kept_grads(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kScoreLd : 0),
         dk(kv_len * p.head_dim),
         dv(kv_len * p.value_dim),
         // Without room for every tile, the workspace's own tile serves.
@@ -339,7 +339,7 @@ constexpr int64_t kTileStoreBytes = int64_t(64) << 20;
 template <typename acc_t>
 bool keeps_all_tiles(const AttentionParams& p, int64_t kv_len) {
   static const bool store_disabled = env_flag("TORCH_SELFATTN_NO_TILE_STORE");
-  const int64_t bytes = 2 * ceil_div(kv_len, kKeyTile) * kQueryTile * kKeyTile * static_cast<int64_t>(sizeof(acc_t));
+  const int64_t bytes = 2 * ceil_div(kv_len, kKeyTile) * kQueryTile * kScoreLd * static_cast<int64_t>(sizeof(acc_t));
   return !store_disabled && p.softcap <= 0.0 && bytes <= kTileStoreBytes;
 }
 
@@ -368,20 +368,20 @@ void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head
         acc_t* tile_grads = store.grads_of(col0 / kKeyTile);
         if (hs.keeps_all) {  // P and dP are kept: only K is needed again, for dQ
           load_tile<scalar_t>(p.k, b, kv_head, col0, t.cols, E, ws.k.data(), E);
-          for (int64_t r = 0; r < rows; ++r) scale(tile_probs + r * kKeyTile, t.cols, ws.row_scale.data()[r]);
-          if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
+          for (int64_t r = 0; r < rows; ++r) scale(tile_probs + r * kScoreLd, t.cols, ws.row_scale.data()[r]);
+          if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kScoreLd);
         } else {
           load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
           probabilities_and_their_gradient(p, t, ws, tile_probs, tile_grads);
         }
         to_score_gradient(t, tile_probs, tile_grads, ws);
         through_softcap(t, tile_grads, ws);
-        gemm_ab(rows, E, t.cols, tile_grads, kKeyTile, ws.k.data(), E, dq, E);
-        gemm_atb(t.cols, E, rows, tile_grads, kKeyTile, ws.q.data(), E, hs.dk.data() + col0 * E, E,
+        gemm_ab(rows, E, t.cols, tile_grads, kScoreLd, ws.k.data(), E, dq, E);
+        gemm_atb(t.cols, E, rows, tile_grads, kScoreLd, ws.q.data(), E, hs.dk.data() + col0 * E, E,
                  static_cast<acc_t>(p.scale));
         // dV takes the probabilities that multiplied V: the dropped ones.
-        if (p.dropout.enabled()) multiply_tile(tile_probs, ws.dropout.data(), kKeyTile, rows, t.cols);
-        gemm_atb(t.cols, Ev, rows, tile_probs, kKeyTile, ws.grad_out.data(), Ev, hs.dv.data() + col0 * Ev, Ev);
+        if (p.dropout.enabled()) multiply_tile(tile_probs, ws.dropout.data(), kScoreLd, rows, t.cols);
+        gemm_atb(t.cols, Ev, rows, tile_probs, kScoreLd, ws.grad_out.data(), Ev, hs.dv.data() + col0 * Ev, Ev);
       }
       store_tile<scalar_t>(dq, E, bp.grad_q, b, h, row0, rows, E, static_cast<acc_t>(p.scale));
     }

@@ -141,7 +141,8 @@ class MatrixUnitProducts {
   }
 
  private:
-  static constexpr int64_t kProbsLd = kKeyTile + 2;
+  // Rows of whole cache lines; one spare column at least, for the zero column.
+  static constexpr int64_t kProbsLd = kKeyTile + 32;
 
   const AttentionParams& p_;
   std::vector<uint16_t> keys_, values_, q_copy_, probs_;

@@ -15,8 +15,8 @@ struct ForwardWorkspace {
 
   explicit ForwardWorkspace(const AttentionParams& p)
       : value_dim(p.value_dim),
-        scores(kQueryTile * kKeyTile),
-        dropout(p.dropout.enabled() ? kQueryTile * kKeyTile : 0),
+        scores(kQueryTile * kScoreLd),
+        dropout(p.dropout.enabled() ? kQueryTile * kScoreLd : 0),
         out(kQueryTile * p.value_dim),
         row_max(kQueryTile),
         row_sum(kQueryTile) {}
@@ -81,16 +81,16 @@ void accumulate_keys(const AttentionParams& p, int64_t b, int64_t h, int64_t row
   for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
     const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, keys.end - col0)};
     acc_t* s = ws.scores.data();
-    products.scores(t, s, kKeyTile);
-    apply_score_rules(p, t, s, kKeyTile);
-    online_softmax_step(t, s, kKeyTile, ws);
+    products.scores(t, s, kScoreLd);
+    apply_score_rules(p, t, s, kScoreLd);
+    online_softmax_step(t, s, kScoreLd, ws);
     // Dropout acts on the probabilities that multiply V, after the row sum
     // has taken them in: the softmax itself is never dropped.
     if (p.dropout.enabled()) {
-      dropout_multipliers(p, t, ws.dropout.data(), kKeyTile);
-      multiply_tile(s, ws.dropout.data(), kKeyTile, rows, t.cols);
+      dropout_multipliers(p, t, ws.dropout.data(), kScoreLd);
+      multiply_tile(s, ws.dropout.data(), kScoreLd, rows, t.cols);
     }
-    products.add_probs_times_values(t, s, kKeyTile, ws.out.data(), p.value_dim);
+    products.add_probs_times_values(t, s, kScoreLd, ws.out.data(), p.value_dim);
   }
 }
 

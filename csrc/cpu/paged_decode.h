@@ -103,9 +103,9 @@ void forward_paged_decode(const AttentionParams& p) {
         acc_t* s = ws.scores.data();
         for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
           const int64_t cols = std::min(kKeyTile, keys.end - col0);
-          tile.scores(b, col0, cols, s, kKeyTile);
-          online_softmax_step(TileCoord{b, 0, 0, rows, col0, cols}, s, kKeyTile, ws);
-          tile.add_probs_times_values(b, col0, cols, s, kKeyTile, ws.out.data());
+          tile.scores(b, col0, cols, s, kScoreLd);
+          online_softmax_step(TileCoord{b, 0, 0, rows, col0, cols}, s, kScoreLd, ws);
+          tile.add_probs_times_values(b, col0, cols, s, kScoreLd, ws.out.data());
         }
         results.save(slot, ws);
       });
