@@ -207,11 +207,11 @@ template <typename scalar_t, typename acc_t>
 void query_pass(const AttentionBackwardParams& bp) {
   const AttentionParams& p = bp.fwd;
   const bool mask_grad = bp.grad_mask.data != nullptr;
-  const int64_t q_tiles = ceil_div(p.q_len, kQueryTile);
+  const int64_t tile_rows = query_tile_rows(p), q_tiles = ceil_div(p.q_len, tile_rows);
   const int64_t task_batches = mask_grad ? p.mask_batch : p.batch;
   const int64_t task_heads = mask_grad ? p.mask_heads : p.q_heads;
   const int64_t task_tiles = mask_grad && p.mask_rows == 1 ? 1 : q_tiles;
-  const int64_t mask_tile_rows = p.mask_rows == 1 ? 1 : kQueryTile;
+  const int64_t mask_tile_rows = p.mask_rows == 1 ? 1 : tile_rows;
 
   at::parallel_for(0, task_batches * task_heads * task_tiles, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);
@@ -228,7 +228,7 @@ void query_pass(const AttentionBackwardParams& bp) {
       for (int64_t b = b_begin; b < b_end; ++b) {
         for (int64_t h = h_begin; h < h_end; ++h) {
           for (int64_t tile = t_begin; tile < t_end; ++tile) {
-            const int64_t row0 = tile * kQueryTile, rows = std::min(kQueryTile, p.q_len - row0);
+            const int64_t row0 = tile * tile_rows, rows = std::min(tile_rows, p.q_len - row0);
             const int64_t kv_head = h / p.group_size();
             acc_t* dq = ws.grad_acc.data();
             load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
@@ -252,8 +252,8 @@ void query_pass(const AttentionBackwardParams& bp) {
         }
       }
       if (mask_grad) {
-        const int64_t row0 = p.mask_rows == 1 ? 0 : tt * kQueryTile;
-        const int64_t rows = p.mask_rows == 1 ? 1 : std::min(kQueryTile, p.q_len - row0);
+        const int64_t row0 = p.mask_rows == 1 ? 0 : tt * tile_rows;
+        const int64_t rows = p.mask_rows == 1 ? 1 : std::min(tile_rows, p.q_len - row0);
         store_tile_as(p.mask_dtype, grad_mask.data(), p.mask_cols, bp.grad_mask, tb, th, row0, rows, p.mask_cols);
       }
     }
@@ -266,7 +266,7 @@ void query_pass(const AttentionBackwardParams& bp) {
 template <typename scalar_t, typename acc_t>
 void key_pass(const AttentionBackwardParams& bp) {
   const AttentionParams& p = bp.fwd;
-  const int64_t k_tiles = ceil_div(p.kv_len, kKeyTile);
+  const int64_t k_tiles = ceil_div(p.kv_len, kKeyTile), tile_rows = query_tile_rows(p);
   at::parallel_for(0, p.batch * p.kv_heads * k_tiles, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);
     for (int64_t task = begin; task < end; ++task) {
@@ -280,8 +280,8 @@ void key_pass(const AttentionBackwardParams& bp) {
 
       const KeyRange seeing = query_rows_seeing(p, col0, cols);
       for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
-        for (int64_t row0 = seeing.first; row0 < seeing.end; row0 += kQueryTile) {
-          const int64_t rows = std::min(kQueryTile, p.q_len - row0);
+        for (int64_t row0 = seeing.first; row0 < seeing.end; row0 += tile_rows) {
+          const int64_t rows = std::min(tile_rows, p.q_len - row0);
           // Only the columns these rows see, so that the score tile has the
           // extent it has in the forward and the query pass, and its scores
           // the same rounding: P = exp(S − lse) then matches the forward's
@@ -345,18 +345,19 @@ bool keeps_all_tiles(const AttentionParams& p, int64_t kv_len) {
 
 // dQ, dK and dV of key/value head (b, kv_head) and the query heads of its
 // GQA group. Each tile of query rows sweeps the keys twice, first for its
-// row statistics, then for the gradients.
+// row statistics, then for the gradients. Tiles of tile_rows query rows, as
+// the forward had them.
 template <typename scalar_t, typename acc_t>
-void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head, BackwardWorkspace<acc_t>& ws,
-                   HeadScratch<acc_t>& hs) {
+void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head, int64_t tile_rows,
+                   BackwardWorkspace<acc_t>& ws, HeadScratch<acc_t>& hs) {
   const AttentionParams& p = bp.fwd;
   const int64_t E = p.head_dim, Ev = p.value_dim;
   const TileStore<acc_t>& store = hs.store;
   std::fill_n(hs.dk.data(), p.kv_len * E, acc_t(0));
   std::fill_n(hs.dv.data(), p.kv_len * Ev, acc_t(0));
   for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
-    for (int64_t row0 = 0; row0 < p.q_len; row0 += kQueryTile) {
-      const int64_t rows = std::min(kQueryTile, p.q_len - row0);
+    for (int64_t row0 = 0; row0 < p.q_len; row0 += tile_rows) {
+      const int64_t rows = std::min(tile_rows, p.q_len - row0);
       acc_t* dq = ws.grad_acc.data();
       load_query_side<scalar_t>(bp, b, h, row0, rows, ws);
       row_statistics<scalar_t>(bp, b, h, row0, rows, ws, store);
@@ -397,15 +398,17 @@ template <typename scalar_t, typename acc_t>
 void head_pass(const AttentionBackwardParams& bp) {
   const AttentionParams& p = bp.fwd;
   const bool keeps_all = keeps_all_tiles<acc_t>(p, p.max_seqlen_k);
+  // The tiles of the forward: of the whole call, also for each sequence.
+  const int64_t tile_rows = query_tile_rows(p);
   at::parallel_for(0, p.sequences * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);
     HeadScratch<acc_t> hs(p, p.max_seqlen_k, keeps_all, ws);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / p.kv_heads, kv_head = task % p.kv_heads;
       if (p.has_sequences()) {
-        backward_head<scalar_t>(sequence_problem(bp, s), 0, kv_head, ws, hs);
+        backward_head<scalar_t>(sequence_problem(bp, s), 0, kv_head, tile_rows, ws, hs);
       } else {
-        backward_head<scalar_t>(bp, s, kv_head, ws, hs);
+        backward_head<scalar_t>(bp, s, kv_head, tile_rows, ws, hs);
       }
     }
   });

@@ -19,14 +19,16 @@ namespace {
 // Every batch of the tensors is one sequence of length q_len × kv_len.
 template <typename scalar_t, typename acc_t, typename Products>
 void forward_dense(const AttentionParams& p) {
-  const int64_t q_tiles = ceil_div(p.q_len, kQueryTile);
+  const int64_t tile_rows = query_tile_rows(p), q_tiles = ceil_div(p.q_len, tile_rows);
   at::parallel_for(0, p.batch * p.q_heads * q_tiles, 1, [&](int64_t begin, int64_t end) {
     ForwardWorkspace<acc_t> ws(p);
     Products products(p);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t head = task / q_tiles;
       const int64_t tile = balanced_tile_order(p, task % q_tiles, q_tiles);
-      forward_query_tile<scalar_t>(p, head / p.q_heads, head % p.q_heads, tile * kQueryTile, products, ws);
+      const int64_t row0 = tile * tile_rows;
+      forward_query_tile<scalar_t>(p, head / p.q_heads, head % p.q_heads, row0, std::min(tile_rows, p.q_len - row0),
+                                   products, ws);
     }
   });
 }
@@ -35,16 +37,16 @@ void forward_dense(const AttentionParams& p) {
 // one sequence as a problem of its own (see sequence_problem.h).
 template <typename scalar_t, typename acc_t, typename Products>
 void forward_by_sequence(const AttentionParams& p) {
-  const int64_t q_tiles = ceil_div(p.max_seqlen_q, kQueryTile);
+  const int64_t tile_rows = query_tile_rows(p), q_tiles = ceil_div(p.max_seqlen_q, tile_rows);
   at::parallel_for(0, p.sequences * p.q_heads * q_tiles, 1, [&](int64_t begin, int64_t end) {
     ForwardWorkspace<acc_t> ws(p);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / (p.q_heads * q_tiles), h = (task / q_tiles) % p.q_heads;
       const AttentionParams sequence = sequence_problem(p, s);
-      const int64_t row0 = (task % q_tiles) * kQueryTile;
+      const int64_t row0 = (task % q_tiles) * tile_rows;
       if (row0 >= sequence.q_len) continue;
       Products products(sequence);
-      forward_query_tile<scalar_t>(sequence, 0, h, row0, products, ws);
+      forward_query_tile<scalar_t>(sequence, 0, h, row0, std::min(tile_rows, sequence.q_len - row0), products, ws);
     }
   });
 }

@@ -95,9 +95,8 @@ void accumulate_keys(const AttentionParams& p, int64_t b, int64_t h, int64_t row
 }
 
 template <typename scalar_t, typename acc_t, typename Products>
-void forward_query_tile(const AttentionParams& p, int64_t b, int64_t h, int64_t row0, Products& products,
-                        ForwardWorkspace<acc_t>& ws) {
-  const int64_t rows = std::min(kQueryTile, p.q_len - row0);
+void forward_query_tile(const AttentionParams& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
+                        Products& products, ForwardWorkspace<acc_t>& ws) {
   products.begin_head(b, h / p.group_size());
   products.begin_query_tile(b, h, row0, rows);
   start_query_tile(rows, ws);

@@ -34,6 +34,16 @@ constexpr int64_t kKeyTile = 512;
 // cache, which halved the speed of the score products (measured on AMX).
 constexpr int64_t kScoreLd = kKeyTile + 32;
 
+// Rows per tile of queries in a call: kQueryTile, or a quarter of it for a
+// short causal sequence, where one tall tile would compute every score of
+// the masked triangle: at L = 128, 32-row tiles compute 62% of the scores
+// that one 128-row tile does. Forward and backward tile alike, so a score is
+// computed over the same extent in both.
+inline int64_t query_tile_rows(const AttentionParams& p) {
+  constexpr int64_t kShortCausal = 4 * kQueryTile;
+  return p.causal && p.max_seqlen_q < kShortCausal ? kQueryTile / 4 : kQueryTile;
+}
+
 // Contiguous scratch of the accumulator type, one per worker chunk.
 template <typename acc_t>
 class Scratch {
@@ -153,7 +163,8 @@ inline KeyRange query_rows_seeing(const AttentionParams& p, int64_t col0, int64_
   const int64_t shift = diagonal_shift(p, p.q_len, p.kv_len);
   const int64_t first = rows_seeing(p, col0, shift, p.q_len).first;
   const int64_t end = rows_seeing(p, col0 + cols - 1, shift, p.q_len).end;
-  return KeyRange{first / kQueryTile * kQueryTile, end};
+  const int64_t tile_rows = query_tile_rows(p);
+  return KeyRange{first / tile_rows * tile_rows, end};
 }
 
 // The tile of query rows that the i-th task of a head works on. Under causal
