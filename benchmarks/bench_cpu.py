@@ -71,6 +71,11 @@ def default_configs(quick):
         return [Config(torch.float32, 1, 8, 512, 64), Config(torch.bfloat16, 1, 8, 512, 64, causal=True)]
     configs = []
     for dtype in (torch.float32, torch.bfloat16):
+        # Small shapes: the demo's (B16 H4 L128 E32 causal) and its neighbours.
+        for seq_len in (128, 256):
+            for head_dim in (32, 64):
+                for causal in (False, True):
+                    configs.append(Config(dtype, 16, 4, seq_len, head_dim, causal=causal))
         for seq_len in (512, 1024, 2048, 4096):
             for causal in (False, True):
                 configs.append(Config(dtype, 1, 8, seq_len, 64, causal=causal))
@@ -81,6 +86,9 @@ def default_configs(quick):
         configs.append(Config(dtype, 1, 16, 2048, 64, kv_heads=4, causal=True))
         configs.append(Config(dtype, 1, 8, 1024, 64, float_mask=True))
         configs.append(Config(dtype, 1, 8, 1024, 64, dropout_p=0.1))
+    # float16: PyTorch's CPU kernel takes it too (its products on AVX-512 FP16).
+    configs += [Config(torch.float16, 16, 4, 128, 32, causal=True), Config(torch.float16, 1, 8, 1024, 64),
+                Config(torch.float16, 1, 8, 1024, 64, causal=True)]
     return configs
 
 
@@ -213,12 +221,12 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)}
     machine = [
         f"Machine: {cpu_model()}, {args.threads} threads; torch {torch.__version__}; "
         f"tile products: {torch_selfattn.build_info()['tile_gemm']}.",
         f"Peak (2048² torch.mm, same run): fp32 {peaks[torch.float32]:.1f} GFLOP/s, "
-        f"bf16 {peaks[torch.bfloat16]:.1f} GFLOP/s.",
+        f"bf16 {peaks[torch.bfloat16]:.1f} GFLOP/s, fp16 {peaks[torch.float16]:.1f} GFLOP/s.",
         *([args.note] if args.note else []),
         "",
     ]
@@ -240,12 +248,13 @@ def main():
         "|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(header), flush=True)
-    rows, fwd_ratios, fb_ratios = [], [], []
+    rows, fwd_ratios, fb_ratios, by_dtype = [], [], [], {}
     for cfg in default_configs(args.quick):
         r = bench_config(cfg, args.repeats)
         fwd_ratio, fb_ratio = r["fwd"][0] / r["fwd"][1], r["fwd_bwd"][0] / r["fwd_bwd"][1]
         fwd_ratios.append(fwd_ratio)
         fb_ratios.append(fb_ratio)
+        by_dtype.setdefault(cfg.dtype, []).append((fwd_ratio, fb_ratio))
         row = (
             f"| {cfg.label} | {r['backend']} | {r['fwd'][0]:.1f} | {r['fwd'][1]:.1f} | {fwd_ratio:.2f}× "
             f"| {100 * r['fwd'][0] / peaks[cfg.dtype]:.0f}% | {r['fwd_bwd'][0]:.1f} | {r['fwd_bwd'][1]:.1f} "
@@ -257,6 +266,13 @@ def main():
         f"\nGeometric mean of our speed over PyTorch's: forward {statistics.geometric_mean(fwd_ratios):.2f}×, "
         f"forward+backward {statistics.geometric_mean(fb_ratios):.2f}×."
     )
+    for dtype, ratios in by_dtype.items():
+        fwd, fb = zip(*ratios)
+        footer += (
+            f"\n{str(dtype).replace('torch.', '')}: forward {statistics.geometric_mean(fwd):.2f}×, "
+            f"forward+backward {statistics.geometric_mean(fb):.2f}× ({len(ratios)} configurations; "
+            f"{sum(r < 1.0 for r in fwd + fb)} of their {2 * len(ratios)} ratios below 1.0×)."
+        )
     print(footer, flush=True)
     memory = [] if args.quick else memory_table()
     if args.markdown:
