@@ -311,28 +311,55 @@ void key_pass(const AttentionBackwardParams& bp) {
   });
 }
 
+// Whether dK and dV accumulate in the gradient tensors themselves: when
+// these hold rows of the accumulator type with unit column stride. That saves
+// a copy, and the S × (E + Ev) floats a thread would hold otherwise.
+template <typename scalar_t, typename acc_t>
+bool accumulates_in_place(const AttentionBackwardParams& bp) {
+  return std::is_same_v<scalar_t, acc_t> && bp.grad_k.stride.col == 1 && bp.grad_v.stride.col == 1;
+}
+
+// The rows that dK (or dV) of key/value head (b, h) accumulate in: the
+// gradient's own, or the scratch's (stored when the head is done).
+template <typename acc_t>
+struct GradientRows {
+  acc_t* data;
+  int64_t ld;
+};
+
+template <typename acc_t>
+GradientRows<acc_t> gradient_rows(const TensorView& grad, int64_t b, int64_t h, Scratch<acc_t>& scratch,
+                                  int64_t width) {
+  if (scratch.size() > 0) return {scratch.data(), width};
+  return {static_cast<acc_t*>(grad.data) + grad.stride.offset(b, h, 0, 0), grad.stride.row};
+}
+
 // Where head_pass keeps what a task needs beyond the workspace: the tile
-// store (see TileStore) and dK, dV of a whole key/value head.
+// store (see TileStore) and, unless they accumulate in place, dK and dV of a
+// whole key/value head.
 template <typename acc_t>
 struct HeadScratch {
   bool keeps_all;
   Scratch<acc_t> kept_probs, kept_grads, dk, dv;
   TileStore<acc_t> store;
 
-  HeadScratch(const AttentionParams& p, int64_t kv_len, bool keeps_all, BackwardWorkspace<acc_t>& ws)
+  HeadScratch(const AttentionParams& p, int64_t kv_len, bool keeps_all, bool in_place, BackwardWorkspace<acc_t>& ws)
       : keeps_all(keeps_all),
         kept_probs(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kScoreLd : 0),
         kept_grads(keeps_all ? ceil_div(kv_len, kKeyTile) * kQueryTile * kScoreLd : 0),
-        dk(kv_len * p.head_dim),
-        dv(kv_len * p.value_dim),
+        dk(in_place ? 0 : kv_len * p.head_dim),
+        dv(in_place ? 0 : kv_len * p.value_dim),
         // Without room for every tile, the workspace's own tile serves.
         store(keeps_all ? TileStore<acc_t>{kept_probs.data(), kept_grads.data(), true}
                         : TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false}) {}
 };
 
 // Bytes of P and dP that a thread may keep for one tile of query rows (see
-// TileStore). Linear in S: 2 × 128 rows × S floats, 32 MiB at S = 32k.
-constexpr int64_t kTileStoreBytes = int64_t(64) << 20;
+// TileStore). Linear in S: 2 × 128 rows × S floats, 17 MiB at S = 16k, which
+// no longer fits: from there the second sweep recomputes its products, and
+// the backward's peak memory stays within 1.2× of PyTorch's (measured at 16k
+// and 32k), where the store's saving is a small part of the work.
+constexpr int64_t kTileStoreBytes = int64_t(16) << 20;
 
 // Whether a thread keeps P and dP of every key tile of kv_len keys. Not with
 // softcap, whose derivative would have to be kept as well.
@@ -353,8 +380,10 @@ void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head
   const AttentionParams& p = bp.fwd;
   const int64_t E = p.head_dim, Ev = p.value_dim;
   const TileStore<acc_t>& store = hs.store;
-  std::fill_n(hs.dk.data(), p.kv_len * E, acc_t(0));
-  std::fill_n(hs.dv.data(), p.kv_len * Ev, acc_t(0));
+  const GradientRows<acc_t> dk = gradient_rows(bp.grad_k, b, kv_head, hs.dk, E);
+  const GradientRows<acc_t> dv = gradient_rows(bp.grad_v, b, kv_head, hs.dv, Ev);
+  fill_tile(dk.data, dk.ld, p.kv_len, E, acc_t(0));
+  fill_tile(dv.data, dv.ld, p.kv_len, Ev, acc_t(0));
   for (int64_t h = kv_head * p.group_size(); h < (kv_head + 1) * p.group_size(); ++h) {
     for (int64_t row0 = 0; row0 < p.q_len; row0 += tile_rows) {
       const int64_t rows = std::min(tile_rows, p.q_len - row0);
@@ -378,17 +407,17 @@ void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head
         to_score_gradient(t, tile_probs, tile_grads, ws);
         through_softcap(t, tile_grads, ws);
         gemm_ab(rows, E, t.cols, tile_grads, kScoreLd, ws.k.data(), E, dq, E);
-        gemm_atb(t.cols, E, rows, tile_grads, kScoreLd, ws.q.data(), E, hs.dk.data() + col0 * E, E,
+        gemm_atb(t.cols, E, rows, tile_grads, kScoreLd, ws.q.data(), E, dk.data + col0 * dk.ld, dk.ld,
                  static_cast<acc_t>(p.scale));
         // dV takes the probabilities that multiplied V: the dropped ones.
         if (p.dropout.enabled()) multiply_tile(tile_probs, ws.dropout.data(), kScoreLd, rows, t.cols);
-        gemm_atb(t.cols, Ev, rows, tile_probs, kScoreLd, ws.grad_out.data(), Ev, hs.dv.data() + col0 * Ev, Ev);
+        gemm_atb(t.cols, Ev, rows, tile_probs, kScoreLd, ws.grad_out.data(), Ev, dv.data + col0 * dv.ld, dv.ld);
       }
       store_tile<scalar_t>(dq, E, bp.grad_q, b, h, row0, rows, E, static_cast<acc_t>(p.scale));
     }
   }
-  store_tile<scalar_t>(hs.dk.data(), E, bp.grad_k, b, kv_head, 0, p.kv_len, E);
-  store_tile<scalar_t>(hs.dv.data(), Ev, bp.grad_v, b, kv_head, 0, p.kv_len, Ev);
+  if (hs.dk.size() > 0) store_tile<scalar_t>(hs.dk.data(), E, bp.grad_k, b, kv_head, 0, p.kv_len, E);
+  if (hs.dv.size() > 0) store_tile<scalar_t>(hs.dv.data(), Ev, bp.grad_v, b, kv_head, 0, p.kv_len, Ev);
 }
 
 // The pass for calls without a mask gradient. A task owns one key/value head
@@ -402,7 +431,7 @@ void head_pass(const AttentionBackwardParams& bp) {
   const int64_t tile_rows = query_tile_rows(p);
   at::parallel_for(0, p.sequences * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
     BackwardWorkspace<acc_t> ws(p);
-    HeadScratch<acc_t> hs(p, p.max_seqlen_k, keeps_all, ws);
+    HeadScratch<acc_t> hs(p, p.max_seqlen_k, keeps_all, accumulates_in_place<scalar_t, acc_t>(bp), ws);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / p.kv_heads, kv_head = task % p.kv_heads;
       if (p.has_sequences()) {
