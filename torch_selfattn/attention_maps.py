@@ -178,8 +178,9 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None, h
         row_lse = logsumexp[..., block] if logsumexp is not None else torch.logsumexp(scores, dim=-1)
         row_lse = row_lse.to(compute_dtype).unsqueeze(-1)
         # A fully masked row has logsumexp -inf: PyTorch's SDPA gives it zeros.
-        probs = torch.exp((scores - row_lse).to(product_dtype))
-        out[..., block, :] = probs.masked_fill(torch.isneginf(row_lse), 0.0).to(out.dtype)
+        # In place where it can be: a block of float64 probabilities is the largest temporary.
+        probs = scores.sub_(row_lse).to(product_dtype).exp_()
+        out[..., block, :] = probs.masked_fill_(torch.isneginf(row_lse), 0.0)
 
     if drop_row:
         out = out.squeeze(-2)
