@@ -15,6 +15,7 @@
 
 #include "cpu/bf16_matrix_units.h"
 #include "cpu/key_runs.h"
+#include "cpu/online_softmax.h"
 #include "cpu/tile_ops.h"
 #include "cpu/vector_ops.h"
 
@@ -27,6 +28,8 @@ constexpr int64_t kFewQueryRows = 16;
 template <typename scalar_t, typename acc_t>
 class FloatProducts {
  public:
+  static constexpr bool kFusedSoftmax = false;
+
   explicit FloatProducts(const AttentionParams& p)
       : p_(p), q_copy_(kQueryTile * p.head_dim), k_copy_(kKeyTile * p.head_dim), v_copy_(kKeyTile * p.value_dim) {}
 
@@ -79,6 +82,8 @@ class FloatProducts {
 // For bfloat16 inputs with an even head dim, on a CPU with matrix units.
 class MatrixUnitProducts {
  public:
+  static constexpr bool kFusedSoftmax = true;
+
   // Packing a head's keys and values costs about what one tile of query rows
   // spends on them, so it pays only for more query rows than a decoding step
   // has. Its packing reads the keys of one batch in one run: no paged cache.
@@ -92,9 +97,29 @@ class MatrixUnitProducts {
         keys_(static_cast<size_t>(p.kv_len * p.head_dim)),
         values_(static_cast<size_t>((p.kv_len + 1) * p.value_dim)),
         q_copy_(static_cast<size_t>(kQueryTile * p.head_dim)),
-        probs_(static_cast<size_t>(kQueryTile * kProbsLd)) {}
+        probs_(static_cast<size_t>(kQueryTile * kProbsLd)),
+        fuses_softmax_(!has_score_bias(p) && p.mask_kind == MaskKind::None && !p.dropout.enabled() && p.scale > 0) {}
 
   ~MatrixUnitProducts() { release_matrix_units(); }
+
+  // Without a mask, a score bias or dropout, one tile's step takes two passes
+  // over the scores: their max, then exp, sum and rounding to bfloat16, the
+  // scale folded into both (fused_step).
+  bool fuses_softmax() const { return fuses_softmax_; }
+
+  template <typename Workspace>
+  void fused_step(const TileCoord& t, float* s, int64_t ld, Workspace& ws) {
+    product_of_keys(t, s, ld);
+    hide_invisible_keys(p_, t, s, ld);
+    const auto score_scale = static_cast<float>(p_.scale);
+    online_softmax_step(
+        t, s, ld, score_scale, ws,
+        [&](int64_t r, const float* row, float max) {
+          return exp_scaled_to_bfloat16(row, t.cols, score_scale, max, probs_.data() + r * kProbsLd);
+        },
+        [&](int64_t r) { std::fill_n(probs_.data() + r * kProbsLd, t.cols, uint16_t(0)); });
+    product_of_values(t, ws.out.data(), p_.value_dim);
+  }
 
   // Packs the keys and values of head (b, kv_head), unless they already are.
   void begin_head(int64_t b, int64_t kv_head) {
@@ -121,26 +146,33 @@ class MatrixUnitProducts {
   }
 
   void scores(const TileCoord& t, float* s, int64_t ld) {
-    // A causal tile may use fewer columns than were packed with it.
-    const int64_t packed_cols = std::min(kKeyTile, p_.kv_len - t.col0);
-    bf16_product(t.rows, t.cols, p_.head_dim, q_, q_ld_, keys_.data() + t.col0 * p_.head_dim, packed_cols, s, ld,
-                 false);
+    product_of_keys(t, s, ld);
     for (int64_t r = 0; r < t.rows; ++r) scale(s + r * ld, t.cols, static_cast<float>(p_.scale));
   }
 
   // P is rounded to bfloat16 for the product, as in PyTorch's own bfloat16
   // kernels; the row sums were taken from the float values.
   void add_probs_times_values(const TileCoord& t, float* probs, int64_t ld, float* out, int64_t ld_out) {
-    for (int64_t r = 0; r < t.rows; ++r) {
-      uint16_t* row = probs_.data() + r * kProbsLd;
-      round_to_bfloat16(probs + r * ld, row, t.cols);
-      row[t.cols] = 0;  // the zero column that matches the zero row of an odd tile of values
-    }
+    for (int64_t r = 0; r < t.rows; ++r) round_to_bfloat16(probs + r * ld, probs_.data() + r * kProbsLd, t.cols);
+    product_of_values(t, out, ld_out);
+  }
+
+ private:
+  // Q·Kᵀ, unscaled. A causal tile may use fewer columns than were packed with it.
+  void product_of_keys(const TileCoord& t, float* s, int64_t ld) {
+    const int64_t packed_cols = std::min(kKeyTile, p_.kv_len - t.col0);
+    bf16_product(t.rows, t.cols, p_.head_dim, q_, q_ld_, keys_.data() + t.col0 * p_.head_dim, packed_cols, s, ld,
+                 false);
+  }
+
+  // out += P·V, P in probs_ as bfloat16.
+  void product_of_values(const TileCoord& t, float* out, int64_t ld_out) {
+    // the zero column that matches the zero row of an odd tile of values
+    for (int64_t r = 0; r < t.rows; ++r) probs_.data()[r * kProbsLd + t.cols] = 0;
     bf16_product(t.rows, p_.value_dim, t.cols, probs_.data(), kProbsLd, values_.data() + t.col0 * p_.value_dim,
                  p_.value_dim, out, ld_out, true);
   }
 
- private:
   // Rows of whole cache lines; one spare column at least, for the zero column.
   static constexpr int64_t kProbsLd = kKeyTile + 32;
 
@@ -149,6 +181,7 @@ class MatrixUnitProducts {
   int64_t packed_batch_ = -1, packed_head_ = -1;
   const uint16_t* q_ = nullptr;
   int64_t q_ld_ = 0;
+  bool fuses_softmax_;
 };
 
 }  // namespace selfattn::cpu

@@ -24,23 +24,36 @@ struct ForwardWorkspace {
 
 // One step of the online softmax: folds a tile of scores into the running
 // max and sum of each row, rescales the output accumulated so far, and turns
-// the scores into unnormalised probabilities exp(s - max).
-template <typename acc_t>
-void online_softmax_step(const TileCoord& t, acc_t* scores, int64_t ld, ForwardWorkspace<acc_t>& ws) {
+// the scores into unnormalised probabilities exp(s - max). The scores are
+// score_scale·(what `scores` holds) (score_scale > 0). exp_row(r, s, max)
+// writes row r's probabilities and returns their sum; zero_row(r) writes
+// zeros, for a row that everything so far masks out.
+template <typename acc_t, typename ExpRow, typename ZeroRow>
+void online_softmax_step(const TileCoord& t, const acc_t* scores, int64_t ld, acc_t score_scale,
+                         ForwardWorkspace<acc_t>& ws, ExpRow exp_row, ZeroRow zero_row) {
   for (int64_t r = 0; r < t.rows; ++r) {
-    acc_t* s = scores + r * ld;
+    const acc_t* s = scores + r * ld;
     const acc_t old_max = ws.row_max.data()[r];
-    const acc_t new_max = nan_propagating_max(old_max, max_element(s, t.cols));
-    if (new_max == minus_infinity<acc_t>()) {  // everything so far is masked out
-      std::fill(s, s + t.cols, acc_t(0));
+    const acc_t new_max = nan_propagating_max(old_max, score_scale * max_element(s, t.cols));
+    if (new_max == minus_infinity<acc_t>()) {
+      zero_row(r);
       continue;
     }
-    const acc_t tile_sum = exp_shifted(s, t.cols, new_max, acc_t(1));
+    const acc_t tile_sum = exp_row(r, s, new_max);
     const acc_t rescale = std::exp(old_max - new_max);
     scale(ws.out.data() + r * ws.value_dim, ws.value_dim, rescale);
     ws.row_sum.data()[r] = ws.row_sum.data()[r] * rescale + tile_sum;
     ws.row_max.data()[r] = new_max;
   }
+}
+
+// The step on scores as they are, leaving the probabilities in their place.
+template <typename acc_t>
+void online_softmax_step(const TileCoord& t, acc_t* scores, int64_t ld, ForwardWorkspace<acc_t>& ws) {
+  online_softmax_step(
+      t, scores, ld, acc_t(1), ws,
+      [&](int64_t r, const acc_t*, acc_t max) { return exp_shifted(scores + r * ld, t.cols, max, acc_t(1)); },
+      [&](int64_t r) { std::fill(scores + r * ld, scores + r * ld + t.cols, acc_t(0)); });
 }
 
 // Divides each row of the output by its sum and writes it with its
@@ -81,6 +94,12 @@ void accumulate_keys(const AttentionParams& p, int64_t b, int64_t h, int64_t row
   for (int64_t col0 = keys.first; col0 < keys.end; col0 += kKeyTile) {
     const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, keys.end - col0)};
     acc_t* s = ws.scores.data();
+    if constexpr (Products::kFusedSoftmax) {
+      if (products.fuses_softmax()) {  // the products run the whole step
+        products.fused_step(t, s, kScoreLd, ws);
+        continue;
+      }
+    }
     products.scores(t, s, kScoreLd);
     apply_score_rules(p, t, s, kScoreLd);
     online_softmax_step(t, s, kScoreLd, ws);

@@ -23,6 +23,11 @@ double max_element(const double* x, int64_t n);
 float exp_shifted(float* x, int64_t n, float shift, float factor);
 double exp_shifted(double* x, int64_t n, double shift, double factor);
 
+// y ← bfloat16(exp(x·factor − shift)) as raw 16-bit patterns; returns
+// Σ exp(x·factor − shift) of the float values. The softmax step of the
+// bfloat16 forward in one pass (the scale, the exp and the rounding).
+float exp_scaled_to_bfloat16(const float* x, int64_t n, float factor, float shift, uint16_t* y);
+
 // x ← x·factor
 void scale(float* x, int64_t n, float factor);
 void scale(double* x, int64_t n, double factor);
