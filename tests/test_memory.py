@@ -182,8 +182,9 @@ def test_forward_backward_at_8192_does_not_materialise_scores(mask):
 
 def linear_bound(L, H, E, threads):
     """The most the peak may grow by at L = S: the results, and per thread the
-    backward's float32 scratch, all linear in S: the P and dP it keeps for a
-    tile of 128 query rows (2 · 128 · S), dK and dV of one head (2 · S · E),
+    backward's float32 scratch, all linear in S: at most the P and dP it may
+    keep for a tile of 128 query rows (2 · 128 · S) and dK and dV of one head
+    (2 · S · E, where they do not accumulate in the gradients themselves),
     plus 16 MiB for fixed-size tiles and the allocator."""
     per_thread = (2 * 128 * L + 2 * L * E) * 4
     return results_bytes(L, H, E) + threads * per_thread + 16 * MiB
