@@ -101,6 +101,7 @@ __device__ __forceinline__ Dropout resolve_dropout(const AttentionParams& p, con
 }
 
 SELFATTN_HOST_DEVICE int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
+SELFATTN_HOST_DEVICE int64_t larger(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Launch checks: a failed launch is reported at the call, not at the next
 // synchronisation.

@@ -96,7 +96,7 @@ __device__ __forceinline__ void query_grad_product(const ScoreTile& ds_tile, con
   }
 }
 
-template <typename T, int kDim, typename Shape, bool kGeneral>
+template <typename T, int kDim, typename Shape, Rules kRules>
 __global__ void __launch_bounds__(Shape::kThreads)
     backward_kernel(const AttentionBackwardParams bp, const DropoutSeed seed, const BackwardBuffers buffers) {
   constexpr int kBlockM = Shape::kBlockM, kBlockN = Shape::kBlockN, kThreads = Shape::kThreads;
@@ -109,6 +109,8 @@ __global__ void __launch_bounds__(Shape::kThreads)
   using QTile = SharedTile<T, kBlockM, kDim>;
   using PTile = SharedTile<T, kBlockM, kBlockN>;
   const AttentionParams& p = bp.fwd;
+  constexpr bool kGeneral = kRules == Rules::kGeneral;
+  constexpr bool kFast = is_fast(kRules);
 
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* next = smem;
@@ -142,22 +144,26 @@ __global__ void __launch_bounds__(Shape::kThreads)
   const int64_t iterations = group * m_per_head;
   const int E = static_cast<int>(p.head_dim), Ev = static_cast<int>(p.value_dim);
 
-  const Dropout dropout = resolve_dropout(p, seed, false);
+  const Dropout dropout = kFast ? Dropout{} : resolve_dropout(p, seed, false);
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
-  const bool mask_grad = buffers.grad_mask_accum.data != nullptr;
+  const bool mask_grad = !kFast && buffers.grad_mask_accum.data != nullptr;
 
   {
     const int64_t key_row = seq.k_begin + col0;
     const T* k = static_cast<const T*>(p.k.data) + seq.batch * p.k.stride.batch + kv_head * p.k.stride.head;
     const T* v = static_cast<const T*>(p.v.data) + seq.batch * p.v.stride.batch + kv_head * p.v.stride.head;
-    k_tile.template load_async<kThreads>(k + key_row * p.k.stride.row, p.k.stride.row, cols, E);
-    v_tile.template load_async<kThreads>(v + key_row * p.v.stride.row, p.v.stride.row, cols, Ev);
+    TileCopy<T, kBlockN, kDim, kThreads>{p.k.stride.row, E}.first_rows(k_tile, k + key_row * p.k.stride.row, cols);
+    TileCopy<T, kBlockN, kDim, kThreads>{p.v.stride.row, Ev}.first_rows(v_tile, v + key_row * p.v.stride.row, cols);
   }
   // Query head and first row of iteration `it`.
+  // (A group's query tiles are far fewer than 2³¹: 32-bit division, a
+  // fraction of the 64-bit one's instructions.)
   auto query_tile = [&](int64_t it, int64_t& h, int64_t& row0) {
-    h = kv_head * group + it / m_per_head;
-    row0 = (m_first + it % m_per_head) * kBlockM;
+    const int tiles = static_cast<int>(m_per_head), i = static_cast<int>(it);
+    h = kv_head * group + i / tiles;
+    row0 = (m_first + i % tiles) * kBlockM;
   };
+  const TileCopy<T, kBlockM, kDim, kThreads> copy_q{p.q.stride.row, E}, copy_do{bp.grad_out.stride.row, Ev};
   auto load_query_side = [&](int64_t it, int stage) {
     int64_t h, row0;
     query_tile(it, h, row0);
@@ -167,8 +173,8 @@ __global__ void __launch_bounds__(Shape::kThreads)
                  query_row * p.q.stride.row;
     const T* dout = static_cast<const T*>(bp.grad_out.data) + seq.batch * bp.grad_out.stride.batch +
                     h * bp.grad_out.stride.head + query_row * bp.grad_out.stride.row;
-    q_tile_of(stage).template load_async<kThreads>(q, p.q.stride.row, rows, E);
-    do_tile_of(stage).template load_async<kThreads>(dout, bp.grad_out.stride.row, rows, Ev);
+    copy_q.first_rows(q_tile_of(stage), q, rows);
+    copy_do.first_rows(do_tile_of(stage), dout, rows);
   };
   if (iterations > 0) load_query_side(0, 0);
   commit_async_copies();
@@ -212,34 +218,53 @@ __global__ void __launch_bounds__(Shape::kThreads)
       delta[half] = row_inside ? static_cast<const float*>(bp.delta)[row] : 0.f;
     }
 
-    const bool needs_rules = tile_needs_rules<kGeneral>(p, at, row0, kBlockM, col0, kBlockN);
-    const TileRow<kGeneral> seen[2] = {tile_row<kGeneral>(p, at, row0 + wm * 16 + g, col0, kBlockN),
-                                       tile_row<kGeneral>(p, at, row0 + wm * 16 + g + 8, col0, kBlockN)};
+    if constexpr (kFast) {
+      // The rules of the fast paths, on the tiles that cross an edge alone.
+      if (fast_tile_crosses_edge<kRules == Rules::kCausal>(row0, col0, kBlockN, seq.kv_len)) {
+        mask_edge_scores<kRules == Rules::kCausal>(s, row0 + wm * 16 + g, col0 + wn * kSCols, seq.kv_len);
+      }
+#pragma unroll
+      for (int nb = 0; nb < kSCols / 8; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float prob = exp2f(fmaf(s[nb][e], scale_log2, -lse_log2[e >> 1]));
+          s[nb][e] = prob;
+          dp[nb][e] = prob * (dp[nb][e] - delta[e >> 1]);
+        }
+      }
+    } else {
+      const bool needs_rules = tile_needs_rules<kGeneral>(p, at, row0, kBlockM, col0, kBlockN);
+      const TileRow<kGeneral> seen[2] = {tile_row<kGeneral>(p, at, row0 + wm * 16 + g, col0, kBlockN),
+                                         tile_row<kGeneral>(p, at, row0 + wm * 16 + g + 8, col0, kBlockN)};
+#pragma unroll
+      for (int nb = 0; nb < kSCols / 8; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int half = e >> 1;
+          const int64_t i = row0 + wm * 16 + g + half * 8;
+          const int c = wn * kSCols + nb * 8 + 2 * t + (e & 1);
+          const int64_t j = col0 + wn * kSCols + nb * 8 + 2 * t + (e & 1);
+          const bool inside = i < seq.q_len && j < seq.kv_len;
+          const bool visible = !needs_rules || seen[half].sees(p, i, col0, c);
+          float cap_slope;
+          const float x = log2_score<kGeneral>(p, at, i, j, s[nb][e], scale_log2, visible, &cap_slope);
+          const float prob = exp2f(x - lse_log2[half]);
+          float z = 1.f;
+          if (dropout.enabled && inside) {
+            z = dropout.keeps(dropout_index<kGeneral>(p, at, i, j)) ? static_cast<float>(dropout.keep_scale) : 0.f;
+          }
+          const float ds = prob * (dp[nb][e] * z - delta[half]);
+          // The mask is added after the softcap: its gradient is dS itself.
+          if (mask_grad && inside && visible) {
+            add_mask_gradient<float>(buffers, seq.batch, h, at.q_row(i), at.k_row(j), ds);
+          }
+          s[nb][e] = prob * z;
+          dp[nb][e] = ds * cap_slope;
+        }
+      }
+    }
 #pragma unroll
     for (int nb = 0; nb < kSCols / 8; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int half = e >> 1;
-        const int64_t i = row0 + wm * 16 + g + half * 8;
-        const int c = wn * kSCols + nb * 8 + 2 * t + (e & 1);
-        const int64_t j = col0 + wn * kSCols + nb * 8 + 2 * t + (e & 1);
-        const bool inside = i < seq.q_len && j < seq.kv_len;
-        const bool visible = !needs_rules || seen[half].sees(p, i, col0, c);
-        float cap_slope;
-        const float x = log2_score<kGeneral>(p, at, i, j, s[nb][e], scale_log2, visible, &cap_slope);
-        const float prob = exp2f(x - lse_log2[half]);
-        float z = 1.f;
-        if (dropout.enabled && inside) {
-          z = dropout.keeps(dropout_index<kGeneral>(p, at, i, j)) ? static_cast<float>(dropout.keep_scale) : 0.f;
-        }
-        const float ds = prob * (dp[nb][e] * z - delta[half]);
-        // The mask is added after the softcap: its gradient is dS itself.
-        if (mask_grad && inside && visible) {
-          add_mask_gradient<float>(buffers, seq.batch, h, at.q_row(i), at.k_row(j), ds);
-        }
-        s[nb][e] = prob * z;
-        dp[nb][e] = ds * cap_slope;
-      }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = wm * 16 + g + half * 8, col = wn * kSCols + nb * 8 + 2 * t;

@@ -5,18 +5,23 @@
 //
 //   load Q, K[last], V[last]
 //   for each key tile n that the rows see,  (causality and windows skip the others)
-//       last first:                         (the first one met is the one that needs masking)
+//       last first:                         (the first ones met are those that need masking)
 //     start loading K[n−1], V[n−1] into the other stage; wait for stage n
 //     S = Q·K[n]ᵀ                            mma.sync, Q and K from shared memory
-//     S → log2 domain, masks, online softmax  exp2, in registers
+//     the rules (masks) on edge tiles alone; online softmax  exp2, in registers
 //     O += P·V[n]                            P straight from the S accumulators
 //   O /= rowsum; write O and the logsumexp
 // K and V are double-buffered, so a tile's loads have the whole of the
-// previous tile's work to arrive in.
+// previous tile's work to arrive in. The fast paths (Rules::kPlain and
+// kCausal) run the tiles that cross the diagonal or the end of the keys
+// through one loop body and the interior tiles, which every row sees whole,
+// through another without any masking code; the other rules test each tile.
 #pragma once
 
 #include "cuda/tensor_core/log2_scores.cuh"
 #include "cuda/tensor_core/shared_tile.cuh"
+
+#include <type_traits>
 
 namespace selfattn::cuda::tc {
 
@@ -29,16 +34,24 @@ struct ForwardShape {
 };
 
 // The running softmax state of the rows a thread holds: for m-tile mt, rows
-// g (half 0) and g + 8 (half 1). Sums are per thread until the end; the four
-// threads of a row add them up once.
+// g (half 0) and g + 8 (half 1). The fast paths add a tile's probabilities
+// up with one more mma, against a matrix of ones, so that sum[mt] is an
+// accumulator whose elements 2·half and 2·half + 1 both hold row half's
+// whole sum: no add per score, and no fp32 probability kept alive for one.
+// (It sums the probabilities that P·V takes, rounded to 16 bits, so the
+// normalisation matches them.) The other paths add fp32 probabilities into
+// sum[mt][2·half], per thread, before dropout drops some; the four threads
+// of a row add theirs up at the end.
 template <int kMTiles>
 struct RowState {
   float max[kMTiles][2];
-  float sum[kMTiles][2];
+  float sum[kMTiles][4];
 };
 
-template <typename T, int kDim, typename Shape, bool kGeneral>
+template <typename T, int kDim, typename Shape, Rules kRules>
 __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const AttentionParams p, const DropoutSeed seed) {
+  constexpr bool kGeneral = kRules == Rules::kGeneral;
+  constexpr bool kFast = is_fast(kRules);
   constexpr int kBlockM = Shape::kBlockM, kBlockN = Shape::kBlockN, kThreads = Shape::kThreads;
   constexpr int kMTiles = Shape::kMTiles, kNBlocks = kBlockN / 8, kDBlocks = kDim / 8;
   using QTile = SharedTile<T, kBlockM, kDim>;
@@ -65,7 +78,7 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
   const int64_t q_len = at.seq.q_len, kv_len = at.seq.kv_len;
 
   // Before any block leaves: block 0 records the seed.
-  const Dropout dropout = resolve_dropout(p, seed, blockIdx.x == 0 && threadIdx.x == 0);
+  const Dropout dropout = kFast ? Dropout{} : resolve_dropout(p, seed, blockIdx.x == 0 && threadIdx.x == 0);
   const int64_t row0 = m_block * kBlockM;
   if (row0 >= q_len) return;  // past the sequence's rows: no block of this head's writes them
   const int q_rows = static_cast<int>(smaller(kBlockM, q_len - row0));
@@ -83,17 +96,16 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
   const T* v = static_cast<const T*>(p.v.data) + at.seq.batch * p.v.stride.batch + kv_head * p.v.stride.head +
                at.k_row(0) * p.v.stride.row;
   const int E = static_cast<int>(p.head_dim), Ev = static_cast<int>(p.value_dim);
+  const TileCopy<T, kBlockN, kDim, kThreads> copy_k{p.k.stride.row, E}, copy_v{p.v.stride.row, Ev};
 
-  // Key tile n (K and V) into stage `stage`.
-  auto load_key_tile = [&](int n, int stage) {
-    const int64_t col0 = static_cast<int64_t>(n) * kBlockN;
+  TileCopy<T, kBlockM, kDim, kThreads>{p.q.stride.row, E}.first_rows(q_tile, q, q_rows);
+  // The last key tile first, the only one that may be partial.
+  if (n_end > n_first) {
+    const int64_t col0 = static_cast<int64_t>(n_end - 1) * kBlockN;
     const int cols = static_cast<int>(smaller(kBlockN, kv_len - col0));
-    k_tile_of(stage).template load_async<kThreads>(k + col0 * p.k.stride.row, p.k.stride.row, cols, E);
-    v_tile_of(stage).template load_async<kThreads>(v + col0 * p.v.stride.row, p.v.stride.row, cols, Ev);
-  };
-
-  q_tile.template load_async<kThreads>(q, p.q.stride.row, q_rows, E);
-  if (n_end > n_first) load_key_tile(n_end - 1, 0);
+    copy_k.first_rows(k_tile_of(0), k + col0 * p.k.stride.row, cols);
+    copy_v.first_rows(v_tile_of(0), v + col0 * p.v.stride.row, cols);
+  }
   commit_async_copies();
 
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -105,14 +117,21 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
     rows.max[mt][0] = rows.max[mt][1] = -INFINITY;
-    rows.sum[mt][0] = rows.sum[mt][1] = 0.f;
+    rows.sum[mt][0] = rows.sum[mt][1] = rows.sum[mt][2] = rows.sum[mt][3] = 0.f;
   }
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  // The fast paths keep raw products and fold the scale into the exp's
+  // argument (one FFMA); the others hold scores in the log2 domain.
+  const float score_scale = kFast ? scale_log2 : 1.f;
 
-  for (int n = n_end - 1; n >= n_first; --n) {
+  // Key tile n. `edge` (std::true_type or false_type): whether the tile may
+  // hold scores that some row does not see.
+  auto attend_tile = [&](int n, auto edge) {
     const int stage = (n_end - 1 - n) & 1;
-    if (n > n_first) {
-      load_key_tile(n - 1, stage ^ 1);
+    if (n > n_first) {  // tiles before the last are whole
+      const int64_t next_col0 = static_cast<int64_t>(n - 1) * kBlockN;
+      copy_k.whole(k_tile_of(stage ^ 1), k + next_col0 * p.k.stride.row);
+      copy_v.whole(v_tile_of(stage ^ 1), v + next_col0 * p.v.stride.row);
       commit_async_copies();
       wait_async_copies<1>();
     } else {
@@ -121,8 +140,18 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
     __syncthreads();
     const KVTile k_tile = k_tile_of(stage), v_tile = v_tile_of(stage);
 
-    // S = Q·Kᵀ for this warp's rows.
+    // S = Q·Kᵀ for this warp's rows. On the edge tiles of the fast paths the
+    // accumulators start at −inf where a row does not see the key (and the
+    // product leaves them there), at 0 elsewhere: the mask costs nothing
+    // after the product, where the softmax needs the registers.
+    const int64_t col0 = static_cast<int64_t>(n) * kBlockN;
     float s[kMTiles][kNBlocks][4] = {};
+    if constexpr (kFast && decltype(edge)::value) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mask_edge_scores<kRules == Rules::kCausal>(s[mt], row0 + warp_row0 + mt * 16 + g, col0, kv_len);
+      }
+    }
 #pragma unroll
     for (int kk = 0; kk < kDim / 16; ++kk) {
       uint32_t a[kMTiles][4];
@@ -139,28 +168,29 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
       }
     }
 
-    // Scores into the log2 domain; the rules only where a tile needs them.
-    const int64_t col0 = static_cast<int64_t>(n) * kBlockN;
-    const bool needs_rules = tile_needs_rules<kGeneral>(p, at, row0 + warp_row0, kMTiles * 16, col0, kBlockN);
+    if constexpr (!kFast) {
+      // Scores into the log2 domain; the rules only where a tile needs them.
+      const bool needs_rules = tile_needs_rules<kGeneral>(p, at, row0 + warp_row0, kMTiles * 16, col0, kBlockN);
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-      const int64_t first_row = row0 + warp_row0 + mt * 16 + g;
-      const TileRow<kGeneral> seen[2] = {tile_row<kGeneral>(p, at, first_row, col0, kBlockN),
-                                         tile_row<kGeneral>(p, at, first_row + 8, col0, kBlockN)};
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        const int64_t first_row = row0 + warp_row0 + mt * 16 + g;
+        const TileRow<kGeneral> seen[2] = {tile_row<kGeneral>(p, at, first_row, col0, kBlockN),
+                                           tile_row<kGeneral>(p, at, first_row + 8, col0, kBlockN)};
 #pragma unroll
-      for (int nb = 0; nb < kNBlocks; ++nb) {
+        for (int nb = 0; nb < kNBlocks; ++nb) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t i = first_row + (e >> 1) * 8;
-          const int c = nb * 8 + 2 * t + (e & 1);
-          const bool visible = !needs_rules || seen[e >> 1].sees(p, i, col0, c);
-          s[mt][nb][e] = log2_score<kGeneral>(p, at, i, col0 + c, s[mt][nb][e], scale_log2, visible);
+          for (int e = 0; e < 4; ++e) {
+            const int64_t i = first_row + (e >> 1) * 8;
+            const int c = nb * 8 + 2 * t + (e & 1);
+            const bool visible = !needs_rules || seen[e >> 1].sees(p, i, col0, c);
+            s[mt][nb][e] = log2_score<kGeneral>(p, at, i, col0 + c, s[mt][nb][e], scale_log2, visible);
+          }
         }
       }
     }
 
     // Online softmax: new row maxima, rescale what has been accumulated,
-    // S → P = exp2(S − max).
+    // S → P = exp2(S·score_scale − shift).
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -173,19 +203,20 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
         const float new_max = fmaxf(rows.max[mt][half], quad_max(tile_max));
         // A row that has seen only masked scores keeps max −inf; shifting by
         // 0 then gives exp2(−inf) = 0 instead of NaN.
-        const float shift = new_max == -INFINITY ? 0.f : new_max;
-        const float rescale = exp2f(rows.max[mt][half] - shift);
+        const float shift = new_max == -INFINITY ? 0.f : new_max * score_scale;
+        const float rescale = exp2f(fmaf(rows.max[mt][half], score_scale, -shift));
         rows.max[mt][half] = new_max;
         float tile_sum = 0.f;
 #pragma unroll
         for (int nb = 0; nb < kNBlocks; ++nb) {
 #pragma unroll
           for (int e = 2 * half; e < 2 * half + 2; ++e) {
-            s[mt][nb][e] = exp2f(s[mt][nb][e] - shift);
-            tile_sum += s[mt][nb][e];
+            s[mt][nb][e] = exp2f(fmaf(s[mt][nb][e], score_scale, -shift));
+            if constexpr (!kFast) tile_sum += s[mt][nb][e];
           }
         }
-        rows.sum[mt][half] = rows.sum[mt][half] * rescale + tile_sum;
+        rows.sum[mt][2 * half] = rows.sum[mt][2 * half] * rescale + tile_sum;
+        if constexpr (kFast) rows.sum[mt][2 * half + 1] *= rescale;
 #pragma unroll
         for (int db = 0; db < kDBlocks; ++db) {
           acc[mt][db][2 * half] *= rescale;
@@ -196,7 +227,7 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
 
     // Dropout drops probabilities after the row sums took them in; the
     // 1 / (1 − p) is applied with the final normalisation.
-    if (dropout.enabled) {
+    if (!kFast && dropout.enabled) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -211,18 +242,12 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
       }
     }
 
-
     // O += P·V, P taken from the S accumulators as A fragments.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       uint32_t a[kMTiles][4];
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        a[mt][0] = pack_pair<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        a[mt][1] = pack_pair<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        a[mt][2] = pack_pair<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        a[mt][3] = pack_pair<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
+      for (int mt = 0; mt < kMTiles; ++mt) accumulators_as_a<T>(s[mt], kk, a[mt]);
 #pragma unroll
       for (int db = 0; db < kDBlocks; db += 2) {
         uint32_t b[4];
@@ -232,9 +257,25 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
           mma_16x16x16<T>(acc[mt][db], acc[mt][db + 1], a[mt], b);
         }
       }
+      if constexpr (kFast) {
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) mma_16x8x16<T>(rows.sum[mt], a[mt], ones_pair<T>(), ones_pair<T>());
+      }
     }
-    // The next iteration loads into the stage this one has just read.
+    // The next tile loads into the stage this one has just read.
     __syncthreads();
+  };
+
+  if constexpr (kFast) {
+    // Tiles from n_interior on cross the keys' end or (causal) the
+    // diagonal of the block's first row; those before it are whole.
+    const int64_t keys_seen_by_all = kRules == Rules::kCausal ? smaller(kv_len, row0 + 1) : kv_len;
+    const int n_interior = static_cast<int>(keys_seen_by_all / kBlockN);
+    int n = n_end - 1;
+    for (; n >= n_interior; --n) attend_tile(n, std::true_type{});
+    for (; n >= n_first; --n) attend_tile(n, std::false_type{});
+  } else {
+    for (int n = n_end - 1; n >= n_first; --n) attend_tile(n, std::true_type{});
   }
 
   // Normalise and write. A fully masked row (max −inf) is written as 0 with
@@ -245,7 +286,7 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const float sum = quad_sum(rows.sum[mt][half]);
+      const float sum = kFast ? rows.sum[mt][2 * half] : quad_sum(rows.sum[mt][2 * half]);
       const bool masked_row = rows.max[mt][half] == -INFINITY;
       const float factor = masked_row ? 0.f : static_cast<float>(dropout.keep_scale) / sum;
       const int64_t i = row0 + warp_row0 + mt * 16 + g + half * 8;
@@ -259,7 +300,10 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
               pack_pair<T>(acc[mt][db][2 * half] * factor, acc[mt][db][2 * half + 1] * factor);
         }
       }
-      if (t == 0) lse[row_index(p, at, i)] = masked_row ? -INFINITY : (rows.max[mt][half] + log2f(sum)) * kLn2;
+      if (t == 0) {
+        lse[row_index(p, at, i)] =
+            masked_row ? -INFINITY : (rows.max[mt][half] * score_scale + log2f(sum)) * kLn2;
+      }
     }
   }
 }

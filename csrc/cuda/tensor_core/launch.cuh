@@ -9,13 +9,28 @@
 
 namespace selfattn::cuda::tc {
 
-// Forward: four warps of 16 query rows each, so that two blocks share an SM.
-// (Measured on an H100 at head dims 64 and 128 against 8 warps of 16 rows
-// and 4 or 8 warps of 32 rows: within 10%, this one first. Two 16-row tiles
-// a warp spill at head dim 128.) K and V are double-buffered; at head dim 256
-// 32-key tiles keep that within 164 KB, the sm_80 limit.
-template <int kDim>
-using ForwardShapeFor = std::conditional_t<kDim == 256, ForwardShape<64, 32, 4>, ForwardShape<64, 64, 4>>;
+// Forward: four warps, K and V double-buffered.
+// - The fast paths give each warp two 16-row tiles at head dims 32, 64 and
+//   128, which halves the shared-memory reads per product, and 128-key tiles
+//   at head dim 64, where a tile's softmax would otherwise have half as many
+//   products to share it. .ci/sass_gate.py measures each shape; two tiles
+//   a warp spill at head dim 96, and spill easily at 128, at 254 of 255
+//   registers.
+// - The other rules keep one tile a warp: their per-score rules need the
+//   registers.
+// - At head dim 256, 32-key tiles keep the stages within 164 KB, the sm_80
+//   limit.
+// At head dim 128 the fast paths' 96 KB of shared memory let an A100 run
+// one block per SM, an H100 two.
+template <int kDim, Rules kRules>
+struct ForwardShapeChoice {
+  using type = std::conditional_t<
+      kDim == 256, ForwardShape<64, 32, 4>,
+      std::conditional_t<!is_fast(kRules) || kDim == 96, ForwardShape<64, 64, 4>,
+                         std::conditional_t<kDim == 64, ForwardShape<128, 128, 4>, ForwardShape<128, 64, 4>>>>;
+};
+template <int kDim, Rules kRules>
+using ForwardShapeFor = typename ForwardShapeChoice<kDim, kRules>::type;
 
 // Backward: 64 query rows per step against 64 keys a block (128 keys spill
 // the dK and dV accumulators at head dim 128). Q and dO are double-buffered
@@ -23,9 +38,8 @@ using ForwardShapeFor = std::conditional_t<kDim == 256, ForwardShape<64, 32, 4>,
 template <int kDim>
 using BackwardShapeFor = BackwardShape<64, 64, 8, kDim == 256 ? 1 : 2>;
 
-template <typename T, int kDim>
+template <typename T, int kDim, typename Shape>
 constexpr int forward_shared_bytes() {
-  using Shape = ForwardShapeFor<kDim>;
   return SharedTile<T, Shape::kBlockM, kDim>::kBytes + 4 * SharedTile<T, Shape::kBlockN, kDim>::kBytes;
 }
 
@@ -44,12 +58,11 @@ void allow_shared_bytes(Kernel kernel, int bytes) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
-template <typename T, int kDim>
-void launch_forward(const AttentionParams& p, const DropoutSeed& seed, cudaStream_t stream) {
-  using Shape = ForwardShapeFor<kDim>;
-  constexpr int bytes = forward_shared_bytes<T, kDim>();
-  const auto kernel =
-      needs_general_rules(p) ? forward_kernel<T, kDim, Shape, true> : forward_kernel<T, kDim, Shape, false>;
+template <typename T, int kDim, Rules kRules>
+void launch_forward_with(const AttentionParams& p, const DropoutSeed& seed, cudaStream_t stream) {
+  using Shape = ForwardShapeFor<kDim, kRules>;
+  constexpr int bytes = forward_shared_bytes<T, kDim, Shape>();
+  const auto kernel = forward_kernel<T, kDim, Shape, kRules>;
   allow_shared_bytes(kernel, bytes);
   const int64_t blocks = ceil_div(p.max_seqlen_q, Shape::kBlockM) * p.sequences * p.q_heads;
   if (blocks == 0) return;
@@ -58,17 +71,37 @@ void launch_forward(const AttentionParams& p, const DropoutSeed& seed, cudaStrea
 }
 
 template <typename T, int kDim>
-void launch_backward(const AttentionBackwardParams& bp, const DropoutSeed& seed, const BackwardBuffers& buffers,
-                     cudaStream_t stream) {
+void launch_forward(const AttentionParams& p, const DropoutSeed& seed, cudaStream_t stream) {
+  switch (rules_for(p)) {
+    case Rules::kPlain: return launch_forward_with<T, kDim, Rules::kPlain>(p, seed, stream);
+    case Rules::kCausal: return launch_forward_with<T, kDim, Rules::kCausal>(p, seed, stream);
+    case Rules::kOptions: return launch_forward_with<T, kDim, Rules::kOptions>(p, seed, stream);
+    case Rules::kGeneral: return launch_forward_with<T, kDim, Rules::kGeneral>(p, seed, stream);
+  }
+}
+
+template <typename T, int kDim, Rules kRules>
+void launch_backward_with(const AttentionBackwardParams& bp, const DropoutSeed& seed, const BackwardBuffers& buffers,
+                          cudaStream_t stream) {
   using Shape = BackwardShapeFor<kDim>;
   constexpr int bytes = backward_shared_bytes<T, kDim>();
-  const auto kernel = needs_general_rules(bp.fwd) ? backward_kernel<T, kDim, Shape, true>
-                                                  : backward_kernel<T, kDim, Shape, false>;
+  const auto kernel = backward_kernel<T, kDim, Shape, kRules>;
   allow_shared_bytes(kernel, bytes);
   const int64_t blocks = ceil_div(bp.fwd.max_seqlen_k, Shape::kBlockN) * bp.fwd.sequences * bp.fwd.kv_heads;
   if (blocks == 0) return;
   kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, bytes, stream>>>(bp, seed, buffers);
   check_launch("tensor-core backward");
+}
+
+template <typename T, int kDim>
+void launch_backward(const AttentionBackwardParams& bp, const DropoutSeed& seed, const BackwardBuffers& buffers,
+                     cudaStream_t stream) {
+  switch (rules_for(bp.fwd)) {
+    case Rules::kPlain: return launch_backward_with<T, kDim, Rules::kPlain>(bp, seed, buffers, stream);
+    case Rules::kCausal: return launch_backward_with<T, kDim, Rules::kCausal>(bp, seed, buffers, stream);
+    case Rules::kOptions: return launch_backward_with<T, kDim, Rules::kOptions>(bp, seed, buffers, stream);
+    case Rules::kGeneral: return launch_backward_with<T, kDim, Rules::kGeneral>(bp, seed, buffers, stream);
+  }
 }
 
 // One head dim's kernels for both 16-bit types.

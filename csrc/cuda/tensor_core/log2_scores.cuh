@@ -3,15 +3,18 @@
 // the log2 domain (the kernels exponentiate with exp2), all from the shared
 // rules of sequence_head.cuh and common/score_rules.h.
 //
-// The kernels come in two variants. kGeneral = true serves every call.
-// kGeneral = false serves calls without sequences, windows, bottom-right
+// The kernels are compiled for four sets of rules (Rules). kGeneral serves
+// every call. kOptions serves calls without sequences, windows, bottom-right
 // alignment, ALiBi or softcap, for which the rules reduce to top-left causal
-// masking and every length is the call's. The compiler cannot derive that
-// (it does not know the call has no window), and at head dim 128 the inner
-// loops have no register to spare for what the general rules would keep, so
-// the plain variant states the reduced rule itself, in the four places
-// marked "for top-left causal masking alone". Both variants are tested
-// against the same float64 reference.
+// masking and every length is the call's; the attention mask and dropout
+// are tested at run time. The compiler cannot derive that (it does not know
+// the call has no window), and at head dim 128 the inner loops have no
+// register to spare for what the general rules would keep, so these
+// kernels state the reduced rule themselves, in the places marked "for
+// top-left causal masking alone". kPlain and kCausal, the fast paths, serve
+// kOptions's calls without mask or dropout and with a positive scale: they
+// have no per-score test outside the tiles that cross the diagonal or the
+// end of the keys. All are tested against the same float64 reference.
 #pragma once
 
 #include "common/dropout_index.h"
@@ -20,9 +23,22 @@
 
 namespace selfattn::cuda::tc {
 
+enum class Rules { kPlain, kCausal, kOptions, kGeneral };
+
+SELFATTN_HOST_DEVICE constexpr bool is_fast(Rules rules) { return rules == Rules::kPlain || rules == Rules::kCausal; }
+
 // Whether a call needs the kGeneral kernels.
 inline bool needs_general_rules(const AttentionParams& p) {
   return p.has_sequences() || p.bottom_right || p.window_left >= 0 || p.window_right >= 0 || has_score_bias(p);
+}
+
+// The rules of the kernel that serves a call.
+inline Rules rules_for(const AttentionParams& p) {
+  if (needs_general_rules(p)) return Rules::kGeneral;
+  // The fast paths take row maxima of the raw products, which commute with
+  // a positive scale only.
+  if (p.mask_kind != MaskKind::None || p.dropout.enabled() || !(p.scale > 0.0)) return Rules::kOptions;
+  return p.causal ? Rules::kCausal : Rules::kPlain;
 }
 
 // Query head h of sequence s, as a block of the kGeneral variant sees it.
@@ -132,6 +148,41 @@ __device__ __forceinline__ TileRow<kGeneral> tile_row(const AttentionParams& p, 
     }
   }
   return row;
+}
+
+// Whether some score of a tile of the fast paths, of query rows from row0
+// against keys [col0, col0 + cols), lies past the keys' end or (kCausal)
+// past the diagonal.
+template <bool kCausal>
+__device__ __forceinline__ bool fast_tile_crosses_edge(int64_t row0, int64_t col0, int cols, int64_t kv_len) {
+  return col0 + cols > kv_len || (kCausal && col0 + cols - 1 > row0);
+}
+
+// One 16-row m-tile of scores of the fast paths, raw products in mma
+// accumulators (rows i and i + 8 for this thread, columns from col0), with
+// the keys that the rows do not see set to −inf: those past the keys' end,
+// and under causal masking those past the diagonal. Rows past the queries'
+// end keep their scores; nothing of them is written.
+template <bool kCausal, int kNBlocks>
+__device__ __forceinline__ void mask_edge_scores(float (&s)[kNBlocks][4], int64_t i, int64_t col0, int64_t kv_len) {
+  constexpr int kCols = kNBlocks * 8;
+  const int t = static_cast<int>(threadIdx.x) % 4;
+  // In 32 bits from here: the last column that the keys reach, and row i's
+  // diagonal, each clamped to where it still decides something (−1 or
+  // below: no column; kCols − 1 or above: every column).
+  const int keys_last = static_cast<int>(smaller(larger(kv_len - 1 - col0, -1), kCols));
+  const int diagonal = static_cast<int>(smaller(larger(i - col0, -9), kCols));
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int last = kCausal ? min(keys_last, diagonal + half * 8) : keys_last;
+#pragma unroll
+    for (int nb = 0; nb < kNBlocks; ++nb) {
+#pragma unroll
+      for (int e = 2 * half; e < 2 * half + 2; ++e) {
+        if (nb * 8 + 2 * t + (e & 1) > last) s[nb][e] = -INFINITY;
+      }
+    }
+  }
 }
 
 // Score (i, j) in the log2 domain from its raw product, or −inf where the

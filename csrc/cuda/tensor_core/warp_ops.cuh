@@ -20,13 +20,11 @@ __device__ __forceinline__ uint32_t shared_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// Copies 16 bytes from global to shared memory without passing through
-// registers; when `valid` is false the 16 bytes are zero-filled and nothing
-// is read, which is how rows past the end of a tensor become zeros.
-__device__ __forceinline__ void copy_16_bytes_async(void* smem, const void* gmem, bool valid) {
-  const int src_size = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(smem)), "l"(gmem),
-               "r"(src_size));
+// Copies `src_bytes` (16, or 0) bytes from global memory to the 16 bytes at
+// shared address `smem` without passing through registers, and zero-fills
+// the rest: how rows and columns past a tensor's end become zeros.
+__device__ __forceinline__ void copy_16_bytes_async(uint32_t smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
 }
 
 __device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -89,6 +87,12 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&h);
   }
+}
+
+// Two 16-bit ones, as pack_pair<T>(1, 1) gives them.
+template <typename T>
+__device__ __forceinline__ constexpr uint32_t ones_pair() {
+  return std::is_same_v<T, __half> ? 0x3C003C00u : 0x3F803F80u;
 }
 
 // Sum and max over the four lanes that share a row of a C fragment.
