@@ -196,6 +196,17 @@ def peak_fwd_bwd_bytes(name, cfg, inputs):
         return measured(name, measure)
 
 
+def deterministic_fwd_bwd_ms(cfg, inputs, rep_ms):
+    """Ours' forward+backward under torch.use_deterministic_algorithms(True)."""
+    fn = pass_functions(torch_selfattn.scaled_dot_product_attention, cfg, *inputs)["fwd+bwd"]
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return median_ms(fn, rep_ms)
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def bench_config(cfg, rep_ms):
     inputs = make_inputs(cfg)
     backends = ["ours", "FLASH", "EFFICIENT", "CUDNN"] + (["MATH"] if cfg.math_fits() else [])
@@ -205,7 +216,8 @@ def bench_config(cfg, rep_ms):
         for name, times in ms.items()
     }
     memory = {name: peak_fwd_bwd_bytes(name, cfg, inputs) for name in ("ours", "FLASH")}
-    return {"tflops": tflops, "memory": memory}
+    deterministic = {"usual": ms["ours"]["fwd+bwd"], "deterministic": deterministic_fwd_bwd_ms(cfg, inputs, rep_ms)}
+    return {"tflops": tflops, "memory": memory, "deterministic_ms": deterministic}
 
 
 def matmul_peak_tflops(dtype, size=8192, rep_ms=300):
@@ -260,6 +272,22 @@ MEMORY_HEADER = [
 ]
 
 
+DETERMINISTIC_HEADER = [
+    "Ours' forward+backward under torch.use_deterministic_algorithms(True) (dQ added one key block after the "
+    "other), against the usual run, same inputs.",
+    "",
+    "| config | usual ms | deterministic ms | cost |",
+    "|---|---|---|---|",
+]
+
+
+def deterministic_row(cfg, result):
+    times = result["deterministic_ms"]
+    cost = ratio(times["deterministic"], times["usual"])
+    return (f"| {cfg.label} | {cell(times['usual'], 3)} | {cell(times['deterministic'], 3)} "
+            f"| {cell(None if cost is None else 100 * (cost - 1), 0, '%')} |")
+
+
 def geometric_mean_line(results):
     parts = []
     for pass_name in PASSES:
@@ -291,6 +319,8 @@ def report(results, peaks, rep_ms, label=None):
         lines += speed_rows(cfg, result, peaks[cfg.dtype_name])
     lines += ["", geometric_mean_line(results), "", *MEMORY_HEADER]
     lines += [memory_row(cfg, result) for cfg, result in results.items()]
+    lines += ["", *DETERMINISTIC_HEADER]
+    lines += [deterministic_row(cfg, result) for cfg, result in results.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@
 // entries are clamped to the cache's blocks, and the kernels run on the
 // blocks gathered into a contiguous cache (api/core/paged_cache.h).
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
@@ -189,11 +190,21 @@ BackwardOutputs attention_backward_cuda(const at::Tensor& grad_output, const at:
   auto delta = at::empty(lse.sizes(), lse.options());
 
   BackwardBuffers buffers;
+  // Under torch.use_deterministic_algorithms, dQ's additions keep one order
+  // (the mask's and the scalar path's gradients have one writer per element
+  // already, but for a broadcast mask's).
+  buffers.ordered_grad_q = at::globalContext().deterministicAlgorithms();
   at::Tensor mask_sum;
   if (mask_grad) {
     mask_sum = at::zeros(attn_mask->sizes(), attn_mask->options().dtype(lse.scalar_type()));
     buffers.grad_mask_accum =
         tensor_view(mask_sum.expand({query.size(0), query.size(1), query.size(2), key.size(2)}));
+    if (mask_sum.numel() < query.size(0) * query.size(1) * query.size(2) * key.size(2)) {
+      // Blocks of several heads or batches add into one element at once.
+      at::Context::alertNotDeterministic(
+          "torch_selfattn's CUDA backward of the gradient of an attention mask broadcast over batch, heads, "
+          "queries or keys");
+    }
   }
   const DropoutSeed seed = backward_dropout_seed(rng_state);
 

@@ -42,6 +42,10 @@ struct BackwardBuffers {
   // kernels add dS into it atomically, which sums over the broadcast
   // dimensions. Unused (data null) without a mask gradient.
   TensorView grad_mask_accum;
+  // Whether every dQ element must take its additions in the same order on
+  // every run (torch.use_deterministic_algorithms): the tensor-core
+  // backward then runs one key block after the other (see launch.cuh).
+  bool ordered_grad_q = false;
 };
 
 // --- tensor-core path (tensor_core/) ---

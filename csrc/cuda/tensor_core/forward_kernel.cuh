@@ -174,15 +174,14 @@ __global__ void __launch_bounds__(Shape::kThreads) forward_kernel(const Attentio
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
         const int64_t first_row = row0 + warp_row0 + mt * 16 + g;
-        const TileRow<kGeneral> seen[2] = {tile_row<kGeneral>(p, at, first_row, col0, kBlockN),
-                                           tile_row<kGeneral>(p, at, first_row + 8, col0, kBlockN)};
+        const TileRowPair<kGeneral> seen = tile_row_pair<kGeneral>(p, at, first_row, col0, kBlockN);
 #pragma unroll
         for (int nb = 0; nb < kNBlocks; ++nb) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int64_t i = first_row + (e >> 1) * 8;
             const int c = nb * 8 + 2 * t + (e & 1);
-            const bool visible = !needs_rules || seen[e >> 1].sees(p, i, col0, c);
+            const bool visible = !needs_rules || seen.half[e >> 1].sees(p, i, col0, c);
             s[mt][nb][e] = log2_score<kGeneral>(p, at, i, col0 + c, s[mt][nb][e], scale_log2, visible);
           }
         }

@@ -18,8 +18,7 @@ namespace selfattn::cuda::tc {
 //   registers.
 // - The other rules keep one tile a warp: their per-score rules need the
 //   registers.
-// - At head dim 256, 32-key tiles keep the stages within 164 KB, the sm_80
-//   limit.
+// - At head dim 256, 32-key tiles keep the stages within kMaxSharedBytes.
 // At head dim 128 the fast paths' 96 KB of shared memory let an A100 run
 // one block per SM, an H100 two.
 template <int kDim, Rules kRules>
@@ -32,24 +31,47 @@ struct ForwardShapeChoice {
 template <int kDim, Rules kRules>
 using ForwardShapeFor = typename ForwardShapeChoice<kDim, kRules>::type;
 
-// Backward: 64 query rows per step against 64 keys a block (128 keys spill
-// the dK and dV accumulators at head dim 128). Q and dO are double-buffered
-// where shared memory allows (164 KB on sm_80).
-template <int kDim>
-using BackwardShapeFor = BackwardShape<64, 64, 8, kDim == 256 ? 1 : 2>;
+// Backward: eight warps; BackwardShape<query rows a step, keys a block,
+// warps, stages of Q and dO, then the warps down the rows of S and dP, of
+// dK and dV, and of dQ>. Shared memory stays within kMaxSharedBytes.
+// - The fast paths take 128 keys a block at head dims 64 and 128, which
+//   halves the dQ additions per key and the reads of Q and dO per product.
+// - Head dim 256 takes 32 query rows a step: its dK and dV accumulators
+//   leave room for little else.
+// - The warp grids are the ones with the fewest instructions per product
+//   among those that do not spill, as .ci/sass_gate.py and ptxas report
+//   them: at 254–255 registers, moving a grid by one warp decides between
+//   no spill and a few hundred bytes of it.
+template <int kDim, Rules kRules>
+struct BackwardShapeChoice {
+  using Fast = std::conditional_t<
+      kDim == 64, BackwardShape<64, 128, 8, 2, 4, 4, 4>,
+      std::conditional_t<kDim == 128, BackwardShape<64, 128, 8, 2, 4, 2, 4>,
+                         std::conditional_t<kDim == 256, BackwardShape<32, 64, 8, 2, 2, 4, 1>,
+                                            BackwardShape<64, 64, 8, 2, 4, 4, 4>>>>;
+  using Other = std::conditional_t<
+      kDim == 64 || kDim == 128, BackwardShape<64, 64, 8, 2, 4, 4, 2>,
+      std::conditional_t<kDim == 96, BackwardShape<64, 64, 8, 2, 2, 4, 4>, Fast>>;
+  using type = std::conditional_t<is_fast(kRules), Fast, Other>;
+};
+template <int kDim, Rules kRules>
+using BackwardShapeFor = typename BackwardShapeChoice<kDim, kRules>::type;
 
 template <typename T, int kDim, typename Shape>
 constexpr int forward_shared_bytes() {
   return SharedTile<T, Shape::kBlockM, kDim>::kBytes + 4 * SharedTile<T, Shape::kBlockN, kDim>::kBytes;
 }
 
-template <typename T, int kDim>
+template <typename T, int kDim, typename Shape>
 constexpr int backward_shared_bytes() {
-  using Shape = BackwardShapeFor<kDim>;
   return 2 * SharedTile<T, Shape::kBlockN, kDim>::kBytes +
          2 * Shape::kStages * SharedTile<T, Shape::kBlockM, kDim>::kBytes +
          2 * SharedTile<T, Shape::kBlockM, Shape::kBlockN>::kBytes;
 }
+
+// The most dynamic shared memory a block may have on sm_80 (the A100); the
+// H100 allows 227 KB.
+constexpr int kMaxSharedBytes = 163 * 1024;
 
 // Kernels that use more than 48 KB of shared memory must say so first; the
 // attribute is per device, so it is set at every launch (it costs little).
@@ -62,6 +84,7 @@ template <typename T, int kDim, Rules kRules>
 void launch_forward_with(const AttentionParams& p, const DropoutSeed& seed, cudaStream_t stream) {
   using Shape = ForwardShapeFor<kDim, kRules>;
   constexpr int bytes = forward_shared_bytes<T, kDim, Shape>();
+  static_assert(bytes <= kMaxSharedBytes, "the tiles fit an sm_80 block's shared memory");
   const auto kernel = forward_kernel<T, kDim, Shape, kRules>;
   allow_shared_bytes(kernel, bytes);
   const int64_t blocks = ceil_div(p.max_seqlen_q, Shape::kBlockM) * p.sequences * p.q_heads;
@@ -83,14 +106,30 @@ void launch_forward(const AttentionParams& p, const DropoutSeed& seed, cudaStrea
 template <typename T, int kDim, Rules kRules>
 void launch_backward_with(const AttentionBackwardParams& bp, const DropoutSeed& seed, const BackwardBuffers& buffers,
                           cudaStream_t stream) {
-  using Shape = BackwardShapeFor<kDim>;
-  constexpr int bytes = backward_shared_bytes<T, kDim>();
+  using Shape = BackwardShapeFor<kDim, kRules>;
+  constexpr int bytes = backward_shared_bytes<T, kDim, Shape>();
+  static_assert(bytes <= kMaxSharedBytes, "the tiles fit an sm_80 block's shared memory");
   const auto kernel = backward_kernel<T, kDim, Shape, kRules>;
   allow_shared_bytes(kernel, bytes);
-  const int64_t blocks = ceil_div(bp.fwd.max_seqlen_k, Shape::kBlockN) * bp.fwd.sequences * bp.fwd.kv_heads;
-  if (blocks == 0) return;
-  kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, bytes, stream>>>(bp, seed, buffers);
-  check_launch("tensor-core backward");
+  const int key_blocks = static_cast<int>(ceil_div(bp.fwd.max_seqlen_k, Shape::kBlockN));
+  const int64_t heads = bp.fwd.sequences * bp.fwd.kv_heads;
+  if (key_blocks == 0 || heads == 0) return;
+  if (!buffers.ordered_grad_q) {
+    kernel<<<static_cast<unsigned>(heads * key_blocks), Shape::kThreads, bytes, stream>>>(bp, seed, buffers,
+                                                                                          KeyBlocks{0, key_blocks});
+    check_launch("tensor-core backward");
+    return;
+  }
+  // Deterministic: one launch per key block, in order. Within a launch one
+  // block owns a kv head's key block and one thread a dQ element of a row,
+  // so each element takes at most one addition; the stream orders the
+  // launches, and with them the additions. dK and dV have one writer
+  // anyway. The cost is launches of heads blocks each, which fill the GPU
+  // only where sequences × kv heads does.
+  for (int block = 0; block < key_blocks; ++block) {
+    kernel<<<static_cast<unsigned>(heads), Shape::kThreads, bytes, stream>>>(bp, seed, buffers, KeyBlocks{block, 1});
+    check_launch("tensor-core backward");
+  }
 }
 
 template <typename T, int kDim>

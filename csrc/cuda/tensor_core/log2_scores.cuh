@@ -150,6 +150,19 @@ __device__ __forceinline__ TileRow<kGeneral> tile_row(const AttentionParams& p, 
   return row;
 }
 
+// The two rows that a thread holds of an m-tile, i and i + 8.
+template <bool kGeneral>
+struct TileRowPair {
+  TileRow<kGeneral> half[2];
+};
+
+template <bool kGeneral>
+__device__ __forceinline__ TileRowPair<kGeneral> tile_row_pair(const AttentionParams& p,
+                                                               const SequenceHead<float>& at, int64_t i,
+                                                               int64_t col0, int cols) {
+  return {{tile_row<kGeneral>(p, at, i, col0, cols), tile_row<kGeneral>(p, at, i + 8, col0, cols)}};
+}
+
 // Whether some score of a tile of the fast paths, of query rows from row0
 // against keys [col0, col0 + cols), lies past the keys' end or (kCausal)
 // past the diagonal.
