@@ -28,9 +28,9 @@ __global__ void delta_kernel(const AttentionBackwardParams bp) {
   if (lane == 0) static_cast<acc_t*>(bp.delta)[row] = sum;
 }
 
-// One thread per element of dQ.
+// One thread per element of dQ; the accumulator's rows are `accum_stride` apart.
 template <typename T>
-__global__ void finish_grad_q_kernel(const AttentionBackwardParams bp, const float* accum) {
+__global__ void finish_grad_q_kernel(const AttentionBackwardParams bp, const float* accum, int64_t accum_stride) {
   const AttentionParams& p = bp.fwd;
   const int64_t n = p.batch * p.q_heads * p.q_len * p.head_dim;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
@@ -38,7 +38,7 @@ __global__ void finish_grad_q_kernel(const AttentionBackwardParams bp, const flo
     const int64_t e = idx % p.head_dim, row = idx / p.head_dim;
     const int64_t i = row % p.q_len, head = row / p.q_len;
     T* dq = static_cast<T*>(bp.grad_q.data) + bp.grad_q.stride.offset(head / p.q_heads, head % p.q_heads, i, e);
-    *dq = from_acc<T, float>(accum[idx] * static_cast<float>(p.scale));
+    *dq = from_acc<T, float>(accum[row * accum_stride + e] * static_cast<float>(p.scale));
   }
 }
 
@@ -53,11 +53,12 @@ void launch_delta(const AttentionBackwardParams& bp, cudaStream_t stream) {
 constexpr int64_t kMaxElementwiseBlocks = 65536;
 
 template <typename T>
-void launch_finish_grad_q(const AttentionBackwardParams& bp, const float* accum, cudaStream_t stream) {
+void launch_finish_grad_q(const AttentionBackwardParams& bp, const float* accum, int64_t accum_stride,
+                          cudaStream_t stream) {
   const AttentionParams& p = bp.fwd;
   const int64_t n = p.batch * p.q_heads * p.q_len * p.head_dim;
   const int64_t blocks = std::min(ceil_div(n, kThreads), kMaxElementwiseBlocks);
-  finish_grad_q_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(bp, accum);
+  finish_grad_q_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(bp, accum, accum_stride);
   check_launch("finish_grad_q");
 }
 
@@ -76,8 +77,10 @@ void compute_delta(const AttentionBackwardParams& bp, cudaStream_t stream) {
 
 void finish_grad_q(const AttentionBackwardParams& bp, const BackwardBuffers& buffers, cudaStream_t stream) {
   if (bp.fwd.batch * bp.fwd.q_heads * bp.fwd.q_len * bp.fwd.head_dim == 0) return;
-  if (bp.fwd.dtype == ElementType::Float16) return launch_finish_grad_q<__half>(bp, buffers.grad_q_accum, stream);
-  launch_finish_grad_q<__nv_bfloat16>(bp, buffers.grad_q_accum, stream);
+  const float* accum = buffers.grad_q_accum;
+  const int64_t stride = buffers.grad_q_accum_row_stride;
+  if (bp.fwd.dtype == ElementType::Float16) return launch_finish_grad_q<__half>(bp, accum, stride, stream);
+  launch_finish_grad_q<__nv_bfloat16>(bp, accum, stride, stream);
 }
 
 }  // namespace selfattn::cuda

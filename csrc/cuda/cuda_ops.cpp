@@ -229,9 +229,12 @@ BackwardOutputs attention_backward_cuda(const at::Tensor& grad_output, const at:
     const at::Tensor dout = tensor_core_operand(grad_output);
     at::Tensor dq = padded_like(grad_query, q.size(3)), dk = padded_like(grad_key, k.size(3)),
                dv = padded_like(grad_value, v.size(3));
-    auto dq_accum = at::zeros(dq.sizes(), query.options().dtype(at::kFloat));
-    buffers.grad_q_accum = dq_accum.data_ptr<float>();
     bp.fwd = make_params(q, k, v, attn_mask, output, lse, dropout_p, is_causal, scale, kernel);
+    const int64_t accum_stride = cuda::tensor_core_head_dim(bp.fwd);
+    auto dq_accum = at::zeros({(dq.size(0) * dq.size(1) * dq.size(2) + cuda::kGradQAccumSlackRows) * accum_stride},
+                              query.options().dtype(at::kFloat));
+    buffers.grad_q_accum = dq_accum.data_ptr<float>();
+    buffers.grad_q_accum_row_stride = accum_stride;
     bp.grad_out = tensor_view(dout);
     zero_unused_key_gradients(options, dk, dv);
     bp.grad_q = tensor_view(dq);

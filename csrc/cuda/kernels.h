@@ -34,9 +34,15 @@ struct DropoutSeed {
 // What the backward needs beyond AttentionBackwardParams. The API zeroes both
 // buffers before the kernels run.
 struct BackwardBuffers {
-  // dQ accumulated in float32 over key tiles, (batch, Hq, L, round_up(E, 8))
-  // contiguous; tensor-core path only.
+  // dQ accumulated in float32 over key tiles, tensor-core path only: rows
+  // of (batch, Hq, L) order, grad_q_accum_row_stride floats apart (the
+  // kernels' padded head dim, tensor_core_head_dim), then
+  // kGradQAccumSlackRows more. The kernels add every column of every row of
+  // a query tile without a test: what falls past E or past a sequence's
+  // rows is exactly 0 (zero-filled K columns; P = 0), and lands in the
+  // padding, in another row as +0.0, or in the slack rows.
   float* grad_q_accum = nullptr;
+  int64_t grad_q_accum_row_stride = 0;
   // The mask gradient in the accumulator type (float, or double for float64
   // inputs), broadcast to (batch, Hq, L, S) through zero strides: the
   // kernels add dS into it atomically, which sums over the broadcast
@@ -49,6 +55,13 @@ struct BackwardBuffers {
 };
 
 // --- tensor-core path (tensor_core/) ---
+
+// Rows past the last of grad_q_accum's, at least a query tile of the backward.
+constexpr int64_t kGradQAccumSlackRows = 64;
+
+// The head dim the tensor-core kernels compute with: E and Ev padded up to
+// the next one they are compiled for.
+int tensor_core_head_dim(const AttentionParams& p);
 
 // Whether the tensor-core kernels take this call: fp16 or bf16, E and Ev at
 // most 256, and q, k, v (and, for the backward, dO) with unit column stride

@@ -330,24 +330,20 @@ __global__ void __launch_bounds__(Shape::kThreads)
     {
       float dq[kQMTiles][kQCols / 8][4] = {};
       query_grad_product<T, kBlockN>(ds_tile, k_tile, q_row0, q_col0, dq);
-      // Without a branch, which would make the loop's end a point where
-      // the warp reconverges (a call, whose registers go to the stack):
-      // rows past the sequence add 0 to row 0 of the buffer, and columns
-      // past E (a multiple of 8) add 0 to column 0 of their row.
+      // Every column of every row, without a test (see BackwardBuffers):
+      // a branch would also make the loop's end a point where the warp
+      // reconverges, a call whose registers go to the stack.
 #pragma unroll
       for (int mt = 0; mt < kQMTiles; ++mt) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int64_t i = row0 + q_row0 + mt * 16 + g + half * 8;
-          const bool row_inside = i < seq.q_len;
-          const int64_t offset = row_index(p, at, i) * E;
-          float* const accum = buffers.grad_q_accum + (row_inside ? offset : 0);
+          float* const accum =
+              buffers.grad_q_accum + row_index(p, at, i) * buffers.grad_q_accum_row_stride + q_col0 + 2 * t;
 #pragma unroll
           for (int db = 0; db < kQCols / 8; ++db) {
-            const int col = q_col0 + db * 8 + 2 * t;
-            const bool inside = row_inside && col < E;
-            atomicAdd(accum + (col < E ? col : 0), inside ? dq[mt][db][2 * half] : 0.f);
-            atomicAdd(accum + (col < E ? col + 1 : 0), inside ? dq[mt][db][2 * half + 1] : 0.f);
+            atomicAdd(accum + db * 8, dq[mt][db][2 * half]);
+            atomicAdd(accum + db * 8 + 1, dq[mt][db][2 * half + 1]);
           }
         }
       }

@@ -58,6 +58,8 @@ struct BackwardLaunch {
 
 }  // namespace
 
+int tensor_core_head_dim(const AttentionParams& p) { return padded_head_dim(p); }
+
 bool tensor_core_supports(const AttentionParams& p) {
   const bool sixteen_bit = p.dtype == ElementType::Float16 || p.dtype == ElementType::BFloat16;
   return sixteen_bit && p.head_dim > 0 && p.value_dim > 0 && padded_head_dim(p) > 0;

@@ -44,14 +44,16 @@ using ForwardShapeFor = typename ForwardShapeChoice<kDim, kRules>::type;
 //   no spill and a few hundred bytes of it.
 template <int kDim, Rules kRules>
 struct BackwardShapeChoice {
+  using Plain = BackwardShape<64, 64, 8, 2, 4, 4, 4>;
+  using Dim256 = BackwardShape<32, 64, 8, 2, 2, 4, 1>;
   using Fast = std::conditional_t<
-      kDim == 64, BackwardShape<64, 128, 8, 2, 4, 4, 4>,
+      kDim == 64, BackwardShape<64, 128, 8, 2, 4, 4, 2>,
       std::conditional_t<kDim == 128, BackwardShape<64, 128, 8, 2, 4, 2, 4>,
-                         std::conditional_t<kDim == 256, BackwardShape<32, 64, 8, 2, 2, 4, 1>,
-                                            BackwardShape<64, 64, 8, 2, 4, 4, 4>>>>;
+                         std::conditional_t<kDim == 256, Dim256, Plain>>>;
   using Other = std::conditional_t<
-      kDim == 64 || kDim == 128, BackwardShape<64, 64, 8, 2, 4, 4, 2>,
-      std::conditional_t<kDim == 96, BackwardShape<64, 64, 8, 2, 2, 4, 4>, Fast>>;
+      kDim == 128, BackwardShape<64, 64, 8, 2, 4, 4, 2>,
+      std::conditional_t<kDim == 96, BackwardShape<64, 64, 8, 2, 2, 4, 4>,
+                         std::conditional_t<kDim == 256, Dim256, Plain>>>;
   using type = std::conditional_t<is_fast(kRules), Fast, Other>;
 };
 template <int kDim, Rules kRules>
@@ -107,6 +109,7 @@ template <typename T, int kDim, Rules kRules>
 void launch_backward_with(const AttentionBackwardParams& bp, const DropoutSeed& seed, const BackwardBuffers& buffers,
                           cudaStream_t stream) {
   using Shape = BackwardShapeFor<kDim, kRules>;
+  static_assert(Shape::kBlockM <= kGradQAccumSlackRows, "a query tile's rows past the last fit the slack");
   constexpr int bytes = backward_shared_bytes<T, kDim, Shape>();
   static_assert(bytes <= kMaxSharedBytes, "the tiles fit an sm_80 block's shared memory");
   const auto kernel = backward_kernel<T, kDim, Shape, kRules>;
