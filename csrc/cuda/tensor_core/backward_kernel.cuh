@@ -146,16 +146,15 @@ __global__ void __launch_bounds__(Shape::kThreads)
   const int head = static_cast<int>(blockIdx.x) / n_blocks;  // s·H + kv head
   const int kv_heads = static_cast<int>(p.kv_heads);
   const int64_t sequence_index = head / kv_heads, kv_head = head % kv_heads;
+  const int64_t group = static_cast<int>(p.q_heads) / kv_heads;  // query heads that read this kv head
   // The sequence's lengths and diagonal, the same for every query head.
-  const SequenceHead<float> group_head =
-      block_head<kGeneral>(p, sequence_index, kv_head * (static_cast<int>(p.q_heads) / kv_heads));
+  const SequenceHead<float> group_head = block_head<kGeneral>(p, sequence_index, kv_head * group);
   const Sequence seq = group_head.seq;
   const int64_t col0 = static_cast<int64_t>(key_blocks.first + static_cast<int>(blockIdx.x) % n_blocks) * kBlockN;
   // Past the sequence's keys: no block of this head's writes them (the
   // caller zeroes the unused keys of a cache).
   if (col0 >= seq.kv_len) return;
   const int cols = static_cast<int>(smaller(kBlockN, seq.kv_len - col0));
-  const int64_t group = static_cast<int>(p.q_heads) / kv_heads;
   // The tiles of query rows that see some key of the block.
   const KeyRange rows = rows_seeing_keys<kGeneral>(p, group_head, col0, cols);
   const int64_t m_first = rows.first / kBlockM;
