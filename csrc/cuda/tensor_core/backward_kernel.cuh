@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(Shape::kThreads)
     transpose_product<T, kBlockM>(ds_tile, q_tile, kv_row0, kv_col0, dk);
     // A fence for the compiler's scheduling, not for the data: without it
     // the dQ product runs alongside, and both products' accumulators at
-    // once spill (measured with .ci/sass_gate.py).
+    // once spill (measured with benchmarks/sass_gate.py).
     __syncthreads();
 
     // dQ += dS·K for this warp's rows and columns, into the float32 buffer.

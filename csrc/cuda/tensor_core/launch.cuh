@@ -13,7 +13,7 @@ namespace selfattn::cuda::tc {
 // - The fast paths give each warp two 16-row tiles at head dims 32, 64 and
 //   128, which halves the shared-memory reads per product, and 128-key tiles
 //   at head dim 64, where a tile's softmax would otherwise have half as many
-//   products to share it. .ci/sass_gate.py measures each shape; two tiles
+//   products to share it. benchmarks/sass_gate.py measures each shape; two tiles
 //   a warp spill at head dim 96, and spill easily at 128, at 254 of 255
 //   registers.
 // - The other rules keep one tile a warp: their per-score rules need the
@@ -39,7 +39,7 @@ using ForwardShapeFor = typename ForwardShapeChoice<kDim, kRules>::type;
 // - Head dim 256 takes 32 query rows a step: its dK and dV accumulators
 //   leave room for little else.
 // - The warp grids are the ones with the fewest instructions per product
-//   among those that do not spill, as .ci/sass_gate.py and ptxas report
+//   among those that do not spill, as benchmarks/sass_gate.py and ptxas report
 //   them: at 254–255 registers, moving a grid by one warp decides between
 //   no spill and a few hundred bytes of it.
 template <int kDim, Rules kRules>

@@ -20,12 +20,16 @@ a kernel has not reached its target yet, its limit holds what it reaches,
 so that no change makes it worse.
 
 Needs nvcc and cuobjdump (pip install nvidia-cuda-cuobjdump==13.2.86 where
-the toolkit lacks it). usage: .ci/sass_gate.py [--jobs N]
+the toolkit lacks it). CI runs it (.ci/run); its table, from one run and
+naming the machine, is benchmarks/results/sass_sm80.md.
+usage: benchmarks/sass_gate.py [--jobs N] [--out FILE]
 """
 import argparse
 import collections
 import concurrent.futures
+import datetime
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -142,17 +146,35 @@ def main_loop(instructions):
     }
 
 
+def machine_line(nvcc):
+    """What compiled the table: the host, nvcc's release, the date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.splitlines()
+    release = next((line.split(",", 1)[1].strip() for line in version if "release" in line), "unknown release")
+    return (f"Compiled for sm_80 (bf16) on {cpu} by nvcc ({release}); "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Static counts: no GPU ran them.")
+
+
+HEADER = ("| kernel | regs | stack | spill | HMMA | LDSM | instr | instr/HMMA | limit | target | LDL/STL "
+          "| BSSY/BSYNC/WARPSYNC |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", help="also write the table, with the machine, to this markdown file")
     args = parser.parse_args()
     nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
     with tempfile.TemporaryDirectory() as workdir:
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
             compiled = dict(zip(HEAD_DIMS, pool.map(lambda d: compile_head_dim(nvcc, cuobjdump, d, workdir),
                                                    HEAD_DIMS)))
-    print(f"{'kernel':<30} {'regs':>4} {'stack':>5} {'spill':>5} {'HMMA':>5} {'LDSM':>5} {'instr':>6} "
-          f"{'instr/HMMA':>10} {'limit':>5} {'target':>6} {'LDL/STL':>7} {'BSSY..':>6}")
+    rows = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     failures = []
     for head_dim, (log, sass) in compiled.items():
         usage, functions = ptxas_usage(log), sass_functions(sass)
@@ -171,15 +193,22 @@ def main():
                     continue
                 per_hmma = loop["total"] / loop["hmma"]
                 limit = LIMITS.get((direction, head_dim))
-                print(f"{label:<30} {regs:>4} {stack:>5} {spill_st + spill_ld:>5} {loop['hmma']:>5} "
-                      f"{loop['ldsm']:>5} {loop['total']:>6} {per_hmma:>10.2f} {limit or '-':>5} "
-                      f"{TARGETS[direction]:>6} {loop['local']:>7} {loop['convergence']:>6}")
+                rows.append(f"| {label} | {regs} | {stack} | {spill_st + spill_ld} | {loop['hmma']} | {loop['ldsm']} "
+                            f"| {loop['total']} | {per_hmma:.2f} | {limit or '-'} | {TARGETS[direction]} "
+                            f"| {loop['local']} | {loop['convergence']} |")
                 if stack or spill_st or spill_ld:
                     failures.append(f"{label}: {stack} bytes of stack, {spill_st + spill_ld} of spills")
                 if loop["local"]:
                     failures.append(f"{label}: {loop['local']} local-memory accesses in the main loop")
                 if limit is not None and per_hmma > limit:
                     failures.append(f"{label}: {per_hmma:.2f} instructions per HMMA, above the limit {limit}")
+    table = "\n".join(rows)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(f"# Static gate: the sm_80 tensor-core fast paths\n\n{machine_line(nvcc)}\n\n"
+                    f"Main loop per warp per pass; `{os.path.relpath(__file__, ROOT)}`, limits and targets in its "
+                    f"docstring.\n\n{table}\n")
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
     print("sass gate: " + ("failed" if failures else "passed"))
