@@ -26,7 +26,8 @@ void pack_transposed(const TensorView& m, int64_t b, int64_t h, int64_t row0, in
   }
 }
 
-void pack_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t k, int64_t n, uint16_t* packed) {
+void pack_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t k, int64_t col0, int64_t n,
+               uint16_t* packed) {
   const auto* base = static_cast<const uint16_t*>(m.data);
   for (int64_t i = 0; i < k + (k % 2); ++i) {
     uint16_t* out = packed + (i / 2) * 2 * n + (i % 2);
@@ -34,7 +35,7 @@ void pack_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t 
       for (int64_t j = 0; j < n; ++j) out[2 * j] = 0;
       continue;
     }
-    const uint16_t* row = base + m.stride.offset(b, h, row0 + i, 0);
+    const uint16_t* row = base + m.stride.offset(b, h, row0 + i, col0);
     for (int64_t j = 0; j < n; ++j) out[2 * j] = row[j * m.stride.col];
   }
 }

@@ -21,9 +21,11 @@ bool bf16_matrix_units_available();
 // must be even).
 void pack_transposed(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t n, int64_t k, uint16_t* packed);
 
-// Packs M = rows [row0, row0 + k) × columns [0, n) of head (b, h) as the right
-// operand of A·M, the reduction over the k rows; an odd k gets a zero row.
-void pack_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t k, int64_t n, uint16_t* packed);
+// Packs M = rows [row0, row0 + k) × columns [col0, col0 + n) of head (b, h) as
+// the right operand of A·M, the reduction over the k rows; an odd k gets a
+// zero row.
+void pack_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t k, int64_t col0, int64_t n,
+               uint16_t* packed);
 
 // C[m×n] = A[m×k]·B (+ C when accumulate), A row-major bfloat16 with leading
 // dimension lda, B packed by one of the above (k rounded up to even) with

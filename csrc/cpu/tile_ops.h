@@ -24,21 +24,23 @@
 namespace selfattn::cpu {
 
 // Query rows and key columns per tile. Tall, wide tiles keep the products
-// efficient (the BLAS packs each operand once per call); a score tile of
-// 128 × 512 floats still stays in L2 while it is worked on.
-constexpr int64_t kQueryTile = 128;
+// efficient: each block of K or V that a product loads serves every row of
+// the tile (PyTorch's kernel takes 256 rows too from L = 768), and a score
+// tile of 256 × 512 floats still stays in L2 while it is worked on.
+constexpr int64_t kQueryTile = 256;
 constexpr int64_t kKeyTile = 512;
 
-// The leading dimension of a tile of scores (or probabilities): a little more
-// than kKeyTile. Rows 2 KiB apart fall into the same few sets of the L1
-// cache, which halved the speed of the score products (measured on AMX).
-constexpr int64_t kScoreLd = kKeyTile + 32;
+// The leading dimension of a tile of scores (or probabilities). Unpadded:
+// the matrix units' products write it 64 columns at a time (see
+// MatrixUnitProducts), and 32 columns of padding cost them 5% at L ≥ 1024
+// (measured on AMX).
+constexpr int64_t kScoreLd = kKeyTile;
 
 // Rows per tile of queries in a call: kQueryTile, or a quarter of it for a
-// short causal sequence, where one tall tile would compute every score of
-// the masked triangle: at L = 128, 32-row tiles compute 62% of the scores
-// that one 128-row tile does. Forward and backward tile alike, so a score is
-// computed over the same extent in both.
+// causal sequence shorter than 1024, where one tall tile would compute every
+// score of the masked triangle: at L = 256, 64-row tiles compute 62% of the
+// scores that one 256-row tile does. Forward and backward tile alike, so a
+// score is computed over the same extent in both.
 inline int64_t query_tile_rows(const AttentionParams& p) {
   constexpr int64_t kShortCausal = 4 * kQueryTile;
   return p.causal && p.max_seqlen_q < kShortCausal ? kQueryTile / 4 : kQueryTile;

@@ -39,27 +39,29 @@ inline float exp2_of_integer(int32_t k) {
   return f;
 }
 
+// The constants of the float exp, shared with its AVX-512 form
+// (softmax_avx512.cpp), which computes the same values.
+namespace exp_constants {
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2High = 0.693359375f;  // 9 significant bits: n·kLn2High is exact
+constexpr float kLn2Low = -2.12194440e-4f;
+constexpr float kFlushBelow = -87.0f;
+constexpr float kClampAbove = 89.0f;  // exp(89) overflows, so clamping there changes no result
+// The Taylor coefficients 1/7! … 1/0!, highest first.
+constexpr float kTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+}  // namespace exp_constants
+
 inline float vector_exp(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2High = 0.693359375f;  // 9 significant bits: n·kLn2High is exact
-  constexpr float kLn2Low = -2.12194440e-4f;
+  using namespace exp_constants;
   constexpr float kRound = 12582912.0f;  // 1.5·2²³: adding it rounds to an integer
-  constexpr float kFlushBelow = -87.0f;
-  // exp(89) overflows, so clamping there changes no result. Clamping at
-  // kFlushBelow keeps the masked lanes from underflowing. A NaN passes
-  // through both comparisons and every operation below.
+  // Clamping at kFlushBelow keeps the masked lanes from underflowing. A NaN
+  // passes through both comparisons and every operation below.
   float xc = x < kFlushBelow ? kFlushBelow : x;  // one max and one min each, as written
-  xc = xc > 89.0f ? 89.0f : xc;
+  xc = xc > kClampAbove ? kClampAbove : xc;
   const float n = (xc * kLog2e + kRound) - kRound;
   const float r = std::fma(n, -kLn2Low, std::fma(n, -kLn2High, xc));
-  float p = 1.0f / 5040;
-  p = std::fma(p, r, 1.0f / 720);
-  p = std::fma(p, r, 1.0f / 120);
-  p = std::fma(p, r, 1.0f / 24);
-  p = std::fma(p, r, 1.0f / 6);
-  p = std::fma(p, r, 0.5f);
-  p = std::fma(p, r, 1.0f);
-  p = std::fma(p, r, 1.0f);
+  float p = kTaylor[0];
+  for (int i = 1; i < 8; ++i) p = std::fma(p, r, kTaylor[i]);
   const auto k = static_cast<int32_t>(n);
   const int32_t half = k >> 1;
   const float e = p * exp2_of_integer(half) * exp2_of_integer(k - half);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/softmax_avx512.h"
 #include "cpu/vector_exp.h"
 
 // Every function is cloned for AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3)
@@ -234,12 +235,38 @@ const char* vector_ops_level() {
   return "baseline";
 }
 
-SELFATTN_CLONED float max_element(const float* x, int64_t n) { return max_element_impl(x, n); }
-SELFATTN_CLONED double max_element(const double* x, int64_t n) { return max_element_impl(x, n); }
-
-SELFATTN_CLONED float exp_shifted(float* x, int64_t n, float shift, float factor) {
+// The float softmax loops: softmax_avx512.cpp's where the CPU runs them, the
+// clones below elsewhere.
+namespace {
+SELFATTN_CLONED float max_element_cloned(const float* x, int64_t n) { return max_element_impl(x, n); }
+SELFATTN_CLONED float exp_shifted_cloned(float* x, int64_t n, float shift, float factor) {
   return exp_shifted_impl(x, n, shift, factor);
 }
+SELFATTN_CLONED void round_to_bfloat16_cloned(const float* x, uint16_t* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = bfloat16_bits(x[i]);
+}
+SELFATTN_CLONED float exp_scaled_to_bfloat16_cloned(const float* x, int64_t n, float factor, float shift,
+                                                    uint16_t* y) {
+  return exp_scaled_to_bfloat16_impl(x, n, factor, shift, y);
+}
+}  // namespace
+
+float max_element(const float* x, int64_t n) {
+  return avx512::available() ? avx512::max_element(x, n) : max_element_cloned(x, n);
+}
+float exp_shifted(float* x, int64_t n, float shift, float factor) {
+  return avx512::available() ? avx512::exp_shifted(x, n, shift, factor) : exp_shifted_cloned(x, n, shift, factor);
+}
+void round_to_bfloat16(const float* x, uint16_t* y, int64_t n) {
+  return avx512::available() ? avx512::round_to_bfloat16(x, y, n) : round_to_bfloat16_cloned(x, y, n);
+}
+float exp_scaled_to_bfloat16(const float* x, int64_t n, float factor, float shift, uint16_t* y) {
+  return avx512::available() ? avx512::exp_scaled_to_bfloat16(x, n, factor, shift, y)
+                             : exp_scaled_to_bfloat16_cloned(x, n, factor, shift, y);
+}
+
+SELFATTN_CLONED double max_element(const double* x, int64_t n) { return max_element_impl(x, n); }
 SELFATTN_CLONED double exp_shifted(double* x, int64_t n, double shift, double factor) {
   return exp_shifted_impl(x, n, shift, factor);
 }
@@ -279,15 +306,6 @@ SELFATTN_CLONED void add_row_sums(const float* p, const float* dp, int64_t n, do
 SELFATTN_CLONED void add_row_sums(const double* p, const double* dp, int64_t n, double& prob_sum,
                                   double& weighted_sum) {
   add_row_sums_impl(p, dp, n, prob_sum, weighted_sum);
-}
-
-SELFATTN_CLONED void round_to_bfloat16(const float* x, uint16_t* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = bfloat16_bits(x[i]);
-}
-
-SELFATTN_CLONED float exp_scaled_to_bfloat16(const float* x, int64_t n, float factor, float shift, uint16_t* y) {
-  return exp_scaled_to_bfloat16_impl(x, n, factor, shift, y);
 }
 
 SELFATTN_CLONED void widen_bfloat16(const uint16_t* x, float* y, int64_t n) {
