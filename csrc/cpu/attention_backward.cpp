@@ -10,7 +10,9 @@
 //     over the query heads that share the key/value head (GQA).
 #include <ATen/Parallel.h>
 
+#include "cpu/backward_rows.h"
 #include "cpu/dispatch_dtype.h"
+#include "cpu/matrix_unit_backward.h"
 #include "common/env_flags.h"
 #include "cpu/kernels.h"
 #include "common/sequence_problem.h"
@@ -158,18 +160,7 @@ void row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t h, int
       add_row_sums(probs + r * kScoreLd, grads + r * kScoreLd, t.cols, prob_sum[r], weighted_sum[r]);
     }
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    const double inverse = prob_sum[r] > 0.0 ? 1.0 / prob_sum[r] : 1.0;  // a fully masked row keeps P = 0
-    scale[r] = static_cast<acc_t>(inverse);
-    delta[r] = static_cast<acc_t>(weighted_sum[r] * inverse);
-  }
-  const int64_t first = p.row_index(b, h, row0);
-  if (bp.grad_logsumexp != nullptr) {
-    const acc_t* grad_lse = static_cast<const acc_t*>(bp.grad_logsumexp) + first;
-    for (int64_t r = 0; r < rows; ++r) delta[r] -= grad_lse[r];
-  }
-  std::copy_n(scale, rows, static_cast<acc_t*>(bp.row_scale) + first);
-  std::copy_n(delta, rows, static_cast<acc_t*>(bp.delta) + first);
+  finish_row_statistics(bp, b, h, row0, rows, prob_sum, weighted_sum, scale, delta);
 }
 
 // Reads back what row_statistics stored for a tile of query rows.
@@ -354,22 +345,6 @@ struct HeadScratch {
                         : TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false}) {}
 };
 
-// Bytes of P and dP that a thread may keep for one tile of query rows (see
-// TileStore). Linear in S: 2 × 128 rows × S floats, 17 MiB at S = 16k, which
-// no longer fits: from there the second sweep recomputes its products, and
-// the backward's peak memory stays within 1.2× of PyTorch's (measured at 16k
-// and 32k), where the store's saving is a small part of the work.
-constexpr int64_t kTileStoreBytes = int64_t(16) << 20;
-
-// Whether a thread keeps P and dP of every key tile of kv_len keys. Not with
-// softcap, whose derivative would have to be kept as well.
-template <typename acc_t>
-bool keeps_all_tiles(const AttentionParams& p, int64_t kv_len) {
-  static const bool store_disabled = env_flag("TORCH_SELFATTN_NO_TILE_STORE");
-  const int64_t bytes = 2 * ceil_div(kv_len, kKeyTile) * kQueryTile * kScoreLd * static_cast<int64_t>(sizeof(acc_t));
-  return !store_disabled && p.softcap <= 0.0 && bytes <= kTileStoreBytes;
-}
-
 // dQ, dK and dV of key/value head (b, kv_head) and the query heads of its
 // GQA group. Each tile of query rows sweeps the keys twice, first for its
 // row statistics, then for the gradients. Tiles of tile_rows query rows, as
@@ -446,6 +421,7 @@ void head_pass(const AttentionBackwardParams& bp) {
 template <typename scalar_t, typename acc_t>
 struct BackwardKernel {
   static void run(const AttentionBackwardParams& bp) {
+    if (matrix_unit_backward_applies(bp)) return matrix_unit_backward(bp);
     if (bp.grad_mask.data == nullptr) return head_pass<scalar_t, acc_t>(bp);
     query_pass<scalar_t, acc_t>(bp);
     key_pass<scalar_t, acc_t>(bp);

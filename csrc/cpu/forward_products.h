@@ -16,6 +16,7 @@
 #include "cpu/bf16_matrix_units.h"
 #include "cpu/key_runs.h"
 #include "cpu/online_softmax.h"
+#include "cpu/packed_head.h"
 #include "cpu/tile_ops.h"
 #include "cpu/vector_ops.h"
 
@@ -94,8 +95,8 @@ class MatrixUnitProducts {
 
   explicit MatrixUnitProducts(const AttentionParams& p)
       : p_(p),
-        keys_(static_cast<size_t>(p.kv_len * p.head_dim)),
-        values_(static_cast<size_t>((p.kv_len + 1) * p.value_dim)),
+        keys_(static_cast<size_t>(packed_head_size(p.kv_len, p.head_dim))),
+        values_(static_cast<size_t>(packed_head_size(p.kv_len, p.value_dim))),
         q_copy_(static_cast<size_t>(kQueryTile * p.head_dim)),
         probs_(static_cast<size_t>(kQueryTile * kProbsLd)),
         fuses_softmax_(!has_score_bias(p) && p.mask_kind == MaskKind::None && !p.dropout.enabled() && p.scale > 0) {}
@@ -122,25 +123,10 @@ class MatrixUnitProducts {
   }
 
   // Packs the keys and values of head (b, kv_head), unless they already are.
-  // Each tile of keys is packed in blocks of kBlock columns of the product
-  // (keys for Q·Kᵀ, value columns for P·V), and each product is a call per
-  // block: the block of the right operand (at most 16 KiB at head dim 128)
-  // stays in L1 while the call sweeps the query rows. As one call over the
-  // whole tile, its rows lay 2 KiB apart in a few cache sets, and the
-  // products ran at about half the speed.
   void begin_head(int64_t b, int64_t kv_head) {
     if (b == packed_batch_ && kv_head == packed_head_) return;
-    for (int64_t col0 = 0; col0 < p_.kv_len; col0 += kKeyTile) {
-      const int64_t cols = std::min(kKeyTile, p_.kv_len - col0), even_cols = cols + cols % 2;
-      for (int64_t j = 0; j < cols; j += kBlock) {
-        pack_transposed(p_.k, b, kv_head, col0 + j, std::min(kBlock, cols - j), p_.head_dim,
-                        keys_.data() + (col0 + j) * p_.head_dim);
-      }
-      for (int64_t j = 0; j < p_.value_dim; j += kBlock) {
-        pack_rows(p_.v, b, kv_head, col0, cols, j, std::min(kBlock, p_.value_dim - j),
-                  values_.data() + col0 * p_.value_dim + even_cols * j);
-      }
-    }
+    pack_head_transposed(p_.k, b, kv_head, p_.kv_len, p_.head_dim, keys_.data());
+    pack_head_rows(p_.v, b, kv_head, p_.kv_len, p_.value_dim, values_.data());
     packed_batch_ = b;
     packed_head_ = kv_head;
   }
@@ -170,13 +156,9 @@ class MatrixUnitProducts {
   }
 
  private:
-  // Q·Kᵀ, unscaled. A causal tile may use fewer columns than were packed with it.
+  // Q·Kᵀ, unscaled.
   void product_of_keys(const TileCoord& t, float* s, int64_t ld) {
-    const int64_t packed_cols = std::min(kKeyTile, p_.kv_len - t.col0);
-    for (int64_t j = 0; j < t.cols; j += kBlock) {
-      bf16_product(t.rows, std::min(kBlock, t.cols - j), p_.head_dim, q_, q_ld_,
-                   keys_.data() + (t.col0 + j) * p_.head_dim, std::min(kBlock, packed_cols - j), s + j, ld, false);
-    }
+    product_with_transposed(t.rows, t.cols, p_.head_dim, q_, q_ld_, keys_.data(), p_.kv_len, t.col0, s, ld);
   }
 
   // out += P·V, P in probs_ as bfloat16.
@@ -185,16 +167,10 @@ class MatrixUnitProducts {
     if (t.cols % 2 == 1) {
       for (int64_t r = 0; r < t.rows; ++r) probs_.data()[r * kProbsLd + t.cols] = 0;
     }
-    const int64_t packed_cols = std::min(kKeyTile, p_.kv_len - t.col0), even_cols = packed_cols + packed_cols % 2;
-    for (int64_t j = 0; j < p_.value_dim; j += kBlock) {
-      const int64_t n = std::min(kBlock, p_.value_dim - j);
-      bf16_product(t.rows, n, t.cols, probs_.data(), kProbsLd, values_.data() + t.col0 * p_.value_dim + even_cols * j,
-                   n, out + j, ld_out, true);
-    }
+    add_product_with_rows(t.rows, p_.value_dim, t.cols, probs_.data(), kProbsLd, values_.data(), p_.kv_len, t.col0,
+                          out, ld_out);
   }
 
-  // Columns of the product per call (see begin_head).
-  static constexpr int64_t kBlock = 64;
   // As the scores' (kScoreLd); an odd tile of keys leaves a spare column
   // for the zero column.
   static constexpr int64_t kProbsLd = kKeyTile;

@@ -46,6 +46,17 @@ SELFATTN_INLINE T exp_shifted_loop(T* x, int64_t n, T shift, T factor) {
   return sum;
 }
 
+SELFATTN_INLINE float exp_affine_impl(float* x, int64_t n, float scale, float shift, float factor) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = vector_exp(x[i] * scale - shift);
+    sum += e;
+    x[i] = e * factor;
+  }
+  return sum;
+}
+
 // The last n % kBlock elements run as one whole block, padded with −inf
 // (whose exp adds 0 to the sum): the compiler's scalar tail of this loop
 // costs as much as several vector iterations, and the short rows of a
@@ -242,6 +253,9 @@ SELFATTN_CLONED float max_element_cloned(const float* x, int64_t n) { return max
 SELFATTN_CLONED float exp_shifted_cloned(float* x, int64_t n, float shift, float factor) {
   return exp_shifted_impl(x, n, shift, factor);
 }
+SELFATTN_CLONED float exp_affine_cloned(float* x, int64_t n, float scale, float shift, float factor) {
+  return exp_affine_impl(x, n, scale, shift, factor);
+}
 SELFATTN_CLONED void round_to_bfloat16_cloned(const float* x, uint16_t* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = bfloat16_bits(x[i]);
@@ -257,6 +271,10 @@ float max_element(const float* x, int64_t n) {
 }
 float exp_shifted(float* x, int64_t n, float shift, float factor) {
   return avx512::available() ? avx512::exp_shifted(x, n, shift, factor) : exp_shifted_cloned(x, n, shift, factor);
+}
+float exp_affine(float* x, int64_t n, float scale, float shift, float factor) {
+  return avx512::available() ? avx512::exp_affine(x, n, scale, shift, factor)
+                             : exp_affine_cloned(x, n, scale, shift, factor);
 }
 void round_to_bfloat16(const float* x, uint16_t* y, int64_t n) {
   return avx512::available() ? avx512::round_to_bfloat16(x, y, n) : round_to_bfloat16_cloned(x, y, n);
