@@ -151,6 +151,13 @@ SELFATTN_AVX512 void round_to_bfloat16(const float* x, uint16_t* y, int64_t n) {
   }
 }
 
+SELFATTN_AVX512 void widen_half(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 mask = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, mask, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, x + i)));
+  }
+}
+
 }  // namespace selfattn::cpu::avx512
 
 #else  // not x86-64 with GCC or Clang: the portable loops run everywhere
@@ -162,6 +169,7 @@ float exp_shifted(float*, int64_t, float, float) { return 0; }
 float exp_affine(float*, int64_t, float, float, float) { return 0; }
 float exp_scaled_to_bfloat16(const float*, int64_t, float, float, uint16_t*) { return 0; }
 void round_to_bfloat16(const float*, uint16_t*, int64_t) {}
+void widen_half(const uint16_t*, float*, int64_t) {}
 }  // namespace selfattn::cpu::avx512
 
 #endif

@@ -18,5 +18,6 @@ float exp_shifted(float* x, int64_t n, float shift, float factor);
 float exp_affine(float* x, int64_t n, float scale, float shift, float factor);
 float exp_scaled_to_bfloat16(const float* x, int64_t n, float factor, float shift, uint16_t* y);
 void round_to_bfloat16(const float* x, uint16_t* y, int64_t n);
+void widen_half(const uint16_t* x, float* y, int64_t n);
 
 }  // namespace selfattn::cpu::avx512

@@ -72,11 +72,17 @@ void load_tile(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_
   for (int64_t r = 0; r < rows; ++r) {
     const scalar_t* row = base + src.stride.offset(b, h, row0 + r, 0);
     acc_t* out = dst + r * ld;
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    if constexpr (std::is_same_v<acc_t, float> &&
+                  (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>)) {
       // Widening by bits: the element-wise conversion does not vectorise, and
       // at one query row (decoding) converting the keys is the whole cost.
       if (src.stride.col == 1) {
-        widen_bfloat16(reinterpret_cast<const uint16_t*>(row), out, cols);
+        const auto* bits = reinterpret_cast<const uint16_t*>(row);
+        if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+          widen_bfloat16(bits, out, cols);
+        } else {
+          widen_half(bits, out, cols);
+        }
         if (factor != acc_t(1)) scale(out, cols, factor);
         continue;
       }

@@ -68,4 +68,7 @@ void round_to_bfloat16(const float* x, uint16_t* y, int64_t n);
 // The exact float values of raw bfloat16 patterns.
 void widen_bfloat16(const uint16_t* x, float* y, int64_t n);
 
+// The exact float values of raw float16 patterns.
+void widen_half(const uint16_t* x, float* y, int64_t n);
+
 }  // namespace selfattn::cpu
