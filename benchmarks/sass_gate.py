@@ -106,8 +106,9 @@ def ptxas_usage(log):
     return usage
 
 
-def sass_functions(sass):
-    """{mangled name: [(address, opcode, text)]}."""
+def sass_functions(sass, with_predicate=False):
+    """{mangled name: [(address, opcode, text)]}, the predicate stripped from
+    the text; with_predicate: a fourth field says whether there was one."""
     functions, current = {}, None
     for line in sass.splitlines():
         m = re.search(r"Function : (\S+)", line)
@@ -117,7 +118,8 @@ def sass_functions(sass):
         m = re.search(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
         if m and current is not None:
             text = re.sub(r"^@!?U?P\w+\s+", "", m.group(2))
-            current.append((int(m.group(1), 16), text.split()[0] if text else "", text))
+            entry = (int(m.group(1), 16), text.split()[0] if text else "", text)
+            current.append(entry + (text != m.group(2),) if with_predicate else entry)
     return functions
 
 
@@ -156,7 +158,7 @@ def machine_line(nvcc, target="sm_80 (bf16)"):
         pass
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.splitlines()
     release = next((line.split(",", 1)[1].strip() for line in version if "release" in line), "unknown release")
-    return (f"Compiled for {target} on {cpu} by nvcc ({release}); "
+    return (f"Compiled for {target} on {cpu} ({os.cpu_count()} vCPUs, no GPU) by nvcc ({release}); "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Static counts: no GPU ran them.")
 
 

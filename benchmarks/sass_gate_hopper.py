@@ -21,7 +21,11 @@ build's nvcc flags and checks, per kernel (fp16 and bf16 at each head dim):
   (FlashAttention-3's consumer runs about 470 per 128-key tile at head dim
   128; the issue asks for about 480 or fewer);
 - occupancy by arithmetic: registers × threads and shared memory per block
-  against the SM's 64K registers and 228 KiB.
+  against the SM's 64K registers and 228 KiB;
+- the register layouts the kernel assumes (the accumulator's rows and
+  columns per register, and S's registers being P·V's register-A operand
+  as they are): benchmarks/hopper_fragment_layouts.cu, compiled for the host
+  and run.
 
 Needs nvcc, cuobjdump (pip install nvidia-cuda-cuobjdump==13.2.86 where the
 toolkit lacks it) and the CUTLASS headers setup.py finds (pip install
@@ -33,9 +37,11 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sass_gate import ROOT, compile_head_dims, gate_arguments, machine_line, ptxas_usage, report  # noqa: E402
+from sass_gate import (ROOT, compile_head_dims, gate_arguments, machine_line, ptxas_usage,  # noqa: E402
+                       report, sass_functions)
 
 sys.path.insert(0, ROOT)
 import setup  # noqa: E402  (setup.py: only its helpers; setup() runs as __main__ alone)
@@ -68,20 +74,20 @@ def compile_head_dim(nvcc, cuobjdump, head_dim, workdir):
     return done.stderr, sass
 
 
-def sass_functions(sass):
-    """{mangled name: [(address, opcode, text, predicated)]}: sass_gate's
-    parse, keeping whether each instruction is predicated."""
-    functions, current = {}, None
-    for line in sass.splitlines():
-        m = re.search(r"Function : (\S+)", line)
-        if m:
-            current = functions.setdefault(m.group(1), [])
-            continue
-        m = re.search(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
-        if m and current is not None:
-            text = re.sub(r"^@!?U?P\w+\s+", "", m.group(2))
-            current.append((int(m.group(1), 16), text.split()[0] if text else "", text, text != m.group(2)))
-    return functions
+def check_fragment_layouts(nvcc, failures):
+    """Compiles and runs benchmarks/hopper_fragment_layouts.cu (host only)."""
+    source = os.path.join(ROOT, "benchmarks", "hopper_fragment_layouts.cu")
+    with tempfile.TemporaryDirectory() as workdir:
+        program = os.path.join(workdir, "hopper_fragment_layouts")
+        flags = [f for f in nvcc_flags() if not f.startswith(("-gencode", "arch=", "-Xptxas", "-v,"))]
+        built = subprocess.run([nvcc, *flags, source, "-o", program], capture_output=True, text=True)
+        if built.returncode != 0:
+            failures.append(f"hopper_fragment_layouts.cu did not compile:\n{built.stderr}")
+            return
+        ran = subprocess.run([program], capture_output=True, text=True)
+    print(ran.stdout, end="")
+    if ran.returncode != 0:
+        failures.append("the kernel's register-layout assumptions disagree with CuTe's layouts (above)")
 
 
 def loops(instructions):
@@ -143,9 +149,13 @@ def producer_registers(instructions):
 
 def shared_bytes(head_dim):
     """The block's dynamic shared memory (forward_traits.cuh's kSharedBytes):
-    Q, the K and V stages, a few hundred bytes of barriers, 1 KiB to align."""
+    SharedStorage holds Q, the K and V stages and 9 mbarriers of 8 bytes (two
+    rings of full and empty barriers per stage, and Q's); its 1024-byte
+    aligned members round its size up to a multiple of 1024; the launch asks
+    1 KiB more, to align it by hand."""
     tile = lambda rows: rows * head_dim * ELEMENT_BYTES  # noqa: E731
-    return tile(BLOCK_M) + 2 * STAGES * tile(BLOCK_N[head_dim]) + 256 + 1024
+    storage = tile(BLOCK_M) + 2 * STAGES * tile(BLOCK_N[head_dim]) + 8 * (4 * STAGES + 1)
+    return -(-storage // 1024) * 1024 + 1024
 
 
 def occupancy(registers, head_dim):
@@ -208,10 +218,11 @@ def main():
     nvcc, compiled = compile_head_dims(compile_head_dim, HEAD_DIMS, args.jobs)
     rows = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     failures = []
+    check_fragment_layouts(nvcc, failures)
     for head_dim, (log, sass) in compiled.items():
         serialized = [line for line in log.splitlines() if re.search(r"wgmma.*serializ|Potential Performance Loss", line)]
         failures += [f"d={head_dim}: ptxas: {line.strip()}" for line in serialized]
-        functions = sass_functions(sass)
+        functions = sass_functions(sass, with_predicate=True)
         for label in ("6half_t", "10bfloat16_t"):
             row = check(label, log, functions, head_dim, failures)
             if row:
