@@ -23,10 +23,11 @@ constexpr int kWarpgroupThreads = 128;
 constexpr int kConsumers = 2;
 
 // Keys per tile for each head dim. At head dim 256 the output alone takes
-// 128 of a consumer thread's 240 registers; with 80 keys (FlashAttention-3's
+// 128 of a consumer thread's 240 registers. With 80 keys (FlashAttention-3's
 // choice, which also needs CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED for a
-// 64×80 wgmma) ptxas spills 8 bytes (nvcc 13.0: a block index kept for the
-// epilogue), so the tile is 64 keys there.
+// 64×80 wgmma) nvcc 13.0 spills: 8 bytes in the consumers (a block index
+// kept for the epilogue), or, with the block recomputed there, 4 bytes in
+// the 24-register producer. So the tile is 64 keys there.
 constexpr int block_n_for(int dim) { return dim == 256 ? 64 : 128; }
 
 template <typename Element_, int kDim_>
@@ -41,12 +42,17 @@ struct ForwardTraits {
   static constexpr int kThreads = (1 + kConsumers) * kWarpgroupThreads;
 
   // setmaxnreg: the producer only issues copies; the consumers hold S, P and
-  // O. Both must fit in the 64K registers of the SM that the block owns
-  // alone (__launch_bounds__(kThreads, 1) caps the start at 168).
+  // O. What the consumers claim must come from what the producer gives back
+  // of the block's launch allocation (__launch_bounds__(kThreads, 1): the
+  // 64K registers over the threads, rounded down to a multiple of 8, 168
+  // each): a split past it leaves the consumers' setmaxnreg.inc waiting for
+  // registers that never come.
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
-  static_assert((kProducerRegisters + kConsumers * kConsumerRegisters) * kWarpgroupThreads <= 65536,
-                "the register split exceeds the register file");
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;
+  static_assert((kProducerRegisters + kConsumers * kConsumerRegisters) * kWarpgroupThreads <=
+                    kLaunchRegisters * kThreads,
+                "the register split exceeds the block's launch allocation");
 
   using Dim = Int<kDim>;
   using BlockN = Int<kBlockN>;
