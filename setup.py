@@ -6,13 +6,19 @@ It prints what it builds, and why:
 - the CUDA kernels too, when the installed torch was built with CUDA and nvcc
   is found (CUDA_HOME, or PATH). Torch with CUDA but no nvcc gives a CPU-only
   build and a loud warning; TORCH_SELFATTN_REQUIRE_CUDA=1 makes any CPU-only
-  build an error.
+  build an error. A CUDA build also needs the CUTLASS/CuTe headers of the
+  pinned nvidia-cutlass package (the Hopper kernels are built on them); it
+  stops with the pip command when they are missing. A CPU-only build never
+  looks for them.
 
 Environment:
   TORCH_SELFATTN_CUDA_ARCH_FLAGS  nvcc's -gencode flags (default: sm_80 and
                                   sm_90a, for A100 and H100/H200)
   TORCH_SELFATTN_CPU_ONLY=1       skip the CUDA sources even where they could build
   TORCH_SELFATTN_REQUIRE_CUDA=1   fail rather than build CPU-only
+  TORCH_SELFATTN_CUTLASS_INCLUDE  a CUTLASS include directory (with cute/ and
+                                  cutlass/) to use instead of the installed
+                                  nvidia-cutlass package's
   TORCH_SELFATTN_DEBUG=1          keep debug info (release builds strip it: it
                                   is 24 of the library's 25 MB)
   MAX_JOBS                        parallel compile jobs
@@ -37,6 +43,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
 BUILD_RECORD = os.path.join(ROOT, "torch_selfattn", "_build_record.json")
 DEFAULT_CUDA_ARCH_FLAGS = "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a"
+# The CUTLASS release whose CuTe headers the Hopper kernels are written and
+# checked against; .ci/run installs the same pin.
+CUTLASS_REQUIREMENT = "nvidia-cutlass==4.2.0.0"
 
 
 def sources(pattern):
@@ -85,6 +94,30 @@ def cuda_plan():
     return use_cuda, why
 
 
+def cutlass_include_dir():
+    """The CUTLASS include directory for a CUDA build: TORCH_SELFATTN_CUTLASS_INCLUDE,
+    else the installed nvidia-cutlass package's (cutlass_library/source/include).
+    SystemExit, naming the pip command, when neither has CuTe's headers."""
+    override = os.environ.get("TORCH_SELFATTN_CUTLASS_INCLUDE")
+    if override:
+        candidates, where = [override], f"TORCH_SELFATTN_CUTLASS_INCLUDE={override}"
+    else:
+        try:
+            import cutlass_library
+        except ImportError:
+            cutlass_library = None
+        candidates = [] if cutlass_library is None else [
+            os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include")]
+        where = "the installed nvidia-cutlass package" if candidates else "no nvidia-cutlass package is installed"
+    for path in candidates:
+        if os.path.exists(os.path.join(path, "cute", "tensor.hpp")):
+            return path
+    raise SystemExit(
+        f"error: the CUDA kernels need the CUTLASS/CuTe headers, and none were found ({where}). "
+        f"Install them with: pip install {CUTLASS_REQUIREMENT}  (or point TORCH_SELFATTN_CUTLASS_INCLUDE at a "
+        "CUTLASS include directory), or build the CPU kernels only with TORCH_SELFATTN_CPU_ONLY=1.")
+
+
 def extension(use_cuda, cuda_arch_flags, debug):
     # -fno-math-errno lets `#pragma omp simd` loops call the vector exp of
     # glibc's libmvec (csrc/cpu/vector_exp.h); NaN and infinity semantics are
@@ -103,7 +136,11 @@ def extension(use_cuda, cuda_arch_flags, debug):
     # The Hopper kernels need the arch-specific sm_90a code (wgmma,
     # setmaxnreg); the host side takes them only when it was built.
     hopper_flags = ["-DTORCH_SELFATTN_SM90A=1"] if any("90a" in flag for flag in cuda_arch_flags) else []
-    nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + (["-g"] if debug else [])
+    # CuTe calls constexpr host functions from device code.
+    nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc_flags += ["-g"] if debug else []
+    # CuTe's headers for the .cu files only (-isystem: its warnings are not ours).
+    nvcc_flags += ["-isystem", cutlass_include_dir()]
     # More nvcc flags for a diagnostic build, e.g. -DTORCH_SELFATTN_DEBUG_HANGS
     # (csrc/cuda/hopper/barrier.cuh); benchmarks/gpu_check.sh sets it.
     nvcc_flags += os.environ.get("TORCH_SELFATTN_NVCC_FLAGS", "").split()

@@ -158,8 +158,20 @@ find_tool() {  # name
   echo "$1"  # not found: the command fails and its log says so
 }
 
+# The CUTLASS/CuTe headers the CUDA build needs (setup.py's pin), from the
+# machine, else from a wheel carried in .whl/ (the device machine has no
+# network; benchmarks/gpu_run.md says how to download it): the wheel is only
+# unpacked, and setup.py pointed at its headers.
+use_carried_cutlass() {
+  "$PYTHON" -c "import setup; setup.cutlass_include_dir()" >/dev/null 2>&1 && return
+  compgen -G ".whl/nvidia_cutlass-*.whl" >/dev/null || return 0
+  "$PYTHON" -m pip install -q --no-index --no-deps --target "$ROOT/build/cutlass_site" .whl/nvidia_cutlass-*.whl &&
+    export TORCH_SELFATTN_CUTLASS_INCLUDE="$ROOT/build/cutlass_site/cutlass_library/source/include"
+}
+
 step_build() {
   local log="$LOGS/build.log" file
+  use_carried_cutlass
   run_logged "$log" env MAX_JOBS="$BUILD_JOBS" TORCH_SELFATTN_CUDA_ARCH_FLAGS="$ARCH_FLAGS" \
     "$PYTHON" setup.py build_ext --inplace || return
   run_logged "$log" "$PYTHON" -c "$CHECK_CUDA_LIBRARY" || return

@@ -8,6 +8,9 @@ racecheck). Lengths of 100 leave partial tiles at every edge:
 - bf16 with dropout, E=128: tensor cores with the Philox stream;
 - bf16, E=128, GQA, no dropout: tensor cores, or with TORCH_SELFATTN_HOPPER=1
   on an H100 the Hopper forward (as is the first case);
+- fp16 E=256 causal and bf16 E=128, 300 queries on 520 keys: several key
+  tiles, so the Hopper forward's rings of K and V stages wrap and both its
+  loops (masked and unmasked tiles) run, with partial tiles at the edges;
 - fp16 packed sequences (one empty, others across the 64-row tiles) with a
   window, ALiBi, softcap and dropout: the tensor-core kernels of the general
   rules, which index rows through cu_seqlens;
@@ -46,10 +49,10 @@ def finite_results(name, out, leaves, g):
     return finite
 
 
-def run_case(name, dtype, Hq, H, E, Ev, g, mask_shape=None, **kwargs):
-    q = leaf((2, Hq, 100, E), dtype, g)
-    k = leaf((2, H, 100, E), dtype, g)
-    v = leaf((2, H, 100, Ev), dtype, g)
+def run_case(name, dtype, Hq, H, E, Ev, g, mask_shape=None, L=100, S=100, **kwargs):
+    q = leaf((2, Hq, L, E), dtype, g)
+    k = leaf((2, H, S, E), dtype, g)
+    v = leaf((2, H, S, Ev), dtype, g)
     leaves = [q, k, v]
     if mask_shape is not None:
         kwargs["attn_mask"] = leaf(mask_shape, dtype, g)
@@ -113,6 +116,10 @@ def main():
         run_case("fp32 float mask with grad", torch.float32, Hq=3, H=3, E=40, Ev=24, g=g, mask_shape=(1, 3, 100, 100)),
         run_case("bf16 dropout", torch.bfloat16, Hq=4, H=4, E=128, Ev=128, g=g, dropout_p=0.2),
         run_case("bf16 GQA", torch.bfloat16, Hq=4, H=2, E=128, Ev=128, g=g, enable_gqa=True),
+        run_case("fp16 E=256 causal, several key tiles", torch.float16, Hq=2, H=2, E=256, Ev=256, g=g, L=300, S=520,
+                 is_causal=True),
+        run_case("bf16 E=128, several key tiles", torch.bfloat16, Hq=2, H=1, E=128, Ev=128, g=g, L=300, S=520,
+                 enable_gqa=True),
         run_varlen_case("fp16 packed sequences, window, ALiBi, softcap, dropout", torch.float16, g),
         run_cache_case("fp16 KV cache", torch.float16, g),
         run_cache_case("fp32 KV cache", torch.float32, g),

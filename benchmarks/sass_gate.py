@@ -106,8 +106,9 @@ def ptxas_usage(log):
     return usage
 
 
-def sass_functions(sass):
-    """{mangled name: [(address, opcode, text)]}."""
+def sass_functions(sass, with_predicate=False):
+    """{mangled name: [(address, opcode, text)]}, the predicate stripped from
+    the text; with_predicate: a fourth field says whether there was one."""
     functions, current = {}, None
     for line in sass.splitlines():
         m = re.search(r"Function : (\S+)", line)
@@ -117,7 +118,8 @@ def sass_functions(sass):
         m = re.search(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
         if m and current is not None:
             text = re.sub(r"^@!?U?P\w+\s+", "", m.group(2))
-            current.append((int(m.group(1), 16), text.split()[0] if text else "", text))
+            entry = (int(m.group(1), 16), text.split()[0] if text else "", text)
+            current.append(entry + (text != m.group(2),) if with_predicate else entry)
     return functions
 
 
@@ -146,7 +148,7 @@ def main_loop(instructions):
     }
 
 
-def machine_line(nvcc):
+def machine_line(nvcc, target="sm_80 (bf16)"):
     """What compiled the table: the host, nvcc's release, the date."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -156,8 +158,38 @@ def machine_line(nvcc):
         pass
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.splitlines()
     release = next((line.split(",", 1)[1].strip() for line in version if "release" in line), "unknown release")
-    return (f"Compiled for sm_80 (bf16) on {cpu} by nvcc ({release}); "
+    return (f"Compiled for {target} on {cpu} ({os.cpu_count()} vCPUs, no GPU) by nvcc ({release}); "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Static counts: no GPU ran them.")
+
+
+def gate_arguments(description):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", help="also write the table, with the machine, to this markdown file")
+    return parser.parse_args()
+
+
+def compile_head_dims(compile_one, head_dims, jobs):
+    """(nvcc, {head dim: (ptxas log, SASS)}), compile_one(nvcc, cuobjdump,
+    head_dim, workdir) run for the head dims, jobs at a time."""
+    nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
+    with tempfile.TemporaryDirectory() as workdir:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = pool.map(lambda d: compile_one(nvcc, cuobjdump, d, workdir), head_dims)
+            return nvcc, dict(zip(head_dims, results))
+
+
+def report(table, failures, out, heading, name):
+    """Prints the table and the failures; writes heading, then the table, to
+    out if given. The exit status: 1 on any failure."""
+    print(table)
+    if out:
+        with open(out, "w") as f:
+            f.write(f"{heading}\n\n{table}\n")
+    for failure in failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    print(f"{name}: " + ("failed" if failures else "passed"))
+    return 1 if failures else 0
 
 
 HEADER = ("| kernel | regs | stack | spill | HMMA | LDSM | instr | instr/HMMA | limit | target | LDL/STL "
@@ -165,15 +197,8 @@ HEADER = ("| kernel | regs | stack | spill | HMMA | LDSM | instr | instr/HMMA | 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", help="also write the table, with the machine, to this markdown file")
-    args = parser.parse_args()
-    nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
-    with tempfile.TemporaryDirectory() as workdir:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            compiled = dict(zip(HEAD_DIMS, pool.map(lambda d: compile_head_dim(nvcc, cuobjdump, d, workdir),
-                                                   HEAD_DIMS)))
+    args = gate_arguments(__doc__.splitlines()[0])
+    nvcc, compiled = compile_head_dims(compile_head_dim, HEAD_DIMS, args.jobs)
     rows = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     failures = []
     for head_dim, (log, sass) in compiled.items():
@@ -202,17 +227,10 @@ def main():
                     failures.append(f"{label}: {loop['local']} local-memory accesses in the main loop")
                 if limit is not None and per_hmma > limit:
                     failures.append(f"{label}: {per_hmma:.2f} instructions per HMMA, above the limit {limit}")
-    table = "\n".join(rows)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"# Static gate: the sm_80 tensor-core fast paths\n\n{machine_line(nvcc)}\n\n"
-                    f"Main loop per warp per pass; `{os.path.relpath(__file__, ROOT)}`, limits and targets in its "
-                    f"docstring.\n\n{table}\n")
-    for failure in failures:
-        print(f"FAIL: {failure}", file=sys.stderr)
-    print("sass gate: " + ("failed" if failures else "passed"))
-    return 1 if failures else 0
+    heading = (f"# Static gate: the sm_80 tensor-core fast paths\n\n{machine_line(nvcc)}\n\n"
+               f"Main loop per warp per pass; `{os.path.relpath(__file__, ROOT)}`, limits and targets in its "
+               "docstring.")
+    return report("\n".join(rows), failures, args.out, heading, "sass gate")
 
 
 if __name__ == "__main__":

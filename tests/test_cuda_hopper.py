@@ -1,5 +1,5 @@
-"""The Hopper forward (csrc/cuda/hopper/: TMA, wgmma, warp specialisation)
-against the float64 reference (tests/helpers/reference.py's rule), on a compute
+"""The Hopper forward (csrc/cuda/hopper/: built on CuTe; TMA, wgmma, a
+producer and two ping-ponging consumer warpgroups) against the float64 reference (tests/helpers/reference.py's rule), on a compute
 capability 9.0 device. The path is opt-in until it has been verified on an
 H100: each test here switches it on with TORCH_SELFATTN_HOPPER=1, which the
 library reads at every call.
@@ -95,16 +95,17 @@ def check_forward_only(q, k, v, **kwargs):
 
 # --- the cases the path takes ---
 
-LENGTHS = [(128, 128), (256, 640), (113, 203), (1, 77), (300, 70), (1000, 1000)]
+LENGTHS = [(128, 128), (256, 640), (113, 203), (1, 77), (300, 70), (1000, 1000), (257, 129), (65, 1100)]
 
 
 def path_cases():
     """Every dtype, head dim and causal setting; the (L, S) pairs rotate over
     them: whole tiles, several tiles (the ring wraps), partial tiles at both
-    edges, one query row, L > S."""
+    edges (odd lengths), one query row, L > S and L < S (causal top-left
+    either way)."""
     cases = []
     for d, dtype in enumerate(HALF_DTYPES):
-        for E in (64, 128):
+        for E in (64, 128, 256):
             for causal in (False, True):
                 for i in range(2):
                     L, S = LENGTHS[(2 * d + E // 64 + 3 * causal + 3 * i) % len(LENGTHS)]
@@ -127,11 +128,22 @@ def test_grouped_and_multi_query(dtype, H, causal):
     check_path_and_accuracy("hopper", q, k, v, is_causal=causal, enable_gqa=True)
 
 
+@pytest.mark.parametrize("E", [64, 256])
+@pytest.mark.parametrize("L,S", [(190, 70), (70, 390)], ids=["L>S", "L<S"])
+def test_causal_with_unequal_lengths(E, L, S):
+    """Top-left causal masking (PyTorch's) when the lengths differ: rows past
+    S see every key, and with L < S the keys past L are hidden from all."""
+    q, k, v = cuda_qkv(torch.float16, Hq=2, L=L, S=S, E=E, seed=L + E)
+    check_path_and_accuracy("hopper", q, k, v, is_causal=True)
+
+
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
-@pytest.mark.parametrize("scale", [0.05, 1.0, -0.7])
-def test_scale(dtype, scale):
+@pytest.mark.parametrize("scale,path", [(0.05, "hopper"), (1.0, "hopper"), (-0.7, "tensor_core")])
+def test_scale(dtype, scale, path):
+    """A negative scale reverses the order of the scores, which the
+    exponent's FFMA with the row maximum assumes kept: it falls back."""
     q, k, v = cuda_qkv(dtype, L=150, S=170, E=64, seed=3)
-    check_path_and_accuracy("hopper", q, k, v, scale=scale)
+    check_path_and_accuracy(path, q, k, v, scale=scale)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
@@ -145,7 +157,7 @@ def test_strided_layouts(dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
-@pytest.mark.parametrize("E", [64, 128])
+@pytest.mark.parametrize("E", [64, 128, 256])
 def test_long_sequences(dtype, E):
     """Many tiles per block, so every stage of the ring is refilled many
     times, and a grid of many blocks; forward only."""
@@ -208,13 +220,14 @@ def test_graph_replay_equals_eager():
     [
         (dict(E=96), "tensor_core"),
         (dict(E=32), "tensor_core"),
+        (dict(E=192), "tensor_core"),
         (dict(E=64, Ev=128), "tensor_core"),
         (dict(E=128, mask="bool"), "tensor_core"),
         (dict(E=64, mask="float32"), "tensor_core"),
         (dict(E=64, dtype=torch.float32), "scalar"),
         (dict(E=64, expanded=True), "tensor_core"),
     ],
-    ids=["E96", "E32", "Ev_differs", "bool_mask", "float_mask", "fp32", "expanded_kv"],
+    ids=["E96", "E32", "E192", "Ev_differs", "bool_mask", "float_mask", "fp32", "expanded_kv"],
 )
 def test_what_the_path_declines_falls_back(case, path):
     case = dict(case)

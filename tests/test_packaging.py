@@ -64,7 +64,7 @@ def test_cuda_archs_come_from_the_recorded_nvcc_flags():
 def setup_module(monkeypatch):
     """setup.py as a module (its setup() runs only as __main__), in a
     clean environment."""
-    for name in ("TORCH_SELFATTN_CPU_ONLY", "TORCH_SELFATTN_REQUIRE_CUDA"):
+    for name in ("TORCH_SELFATTN_CPU_ONLY", "TORCH_SELFATTN_REQUIRE_CUDA", "TORCH_SELFATTN_CUTLASS_INCLUDE"):
         monkeypatch.delenv(name, raising=False)
     spec = importlib.util.spec_from_file_location("torch_selfattn_setup", os.path.join(ROOT, "setup.py"))
     module = importlib.util.module_from_spec(spec)
@@ -100,6 +100,35 @@ def test_setup_require_cuda_fails_with_a_torch_without_cuda(setup_module, monkey
     monkeypatch.setenv("TORCH_SELFATTN_REQUIRE_CUDA", "1")
     with pytest.raises(SystemExit, match="was built without CUDA"):
         setup_module.cuda_plan()
+
+
+def test_cuda_build_without_cutlass_headers_says_what_to_install(setup_module, monkeypatch, tmp_path):
+    """The Hopper kernels are built on CuTe: a CUDA build that finds no
+    CUTLASS headers stops with the pinned pip command."""
+    monkeypatch.setenv("TORCH_SELFATTN_CUTLASS_INCLUDE", str(tmp_path))
+    with pytest.raises(SystemExit, match=re.escape("pip install nvidia-cutlass==4.2.0.0")):
+        setup_module.cutlass_include_dir()
+    (tmp_path / "cute").mkdir()
+    (tmp_path / "cute" / "tensor.hpp").write_text("")
+    assert setup_module.cutlass_include_dir() == str(tmp_path)
+
+
+def test_cpu_only_build_never_looks_for_cutlass(setup_module, monkeypatch):
+    def fail():
+        raise AssertionError("a CPU-only build looked for the CUTLASS headers")
+
+    monkeypatch.setattr(setup_module, "cutlass_include_dir", fail)
+    ext = setup_module.extension(False, [], debug=False)
+    assert not any(source.endswith(".cu") for source in ext.sources)
+
+
+def test_cutlass_pin_matches_ci_and_the_docs():
+    """setup.py's pin is the one .ci/run installs and README.md gives."""
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        pin = re.search(r'CUTLASS_REQUIREMENT = "([^"]+)"', f.read()).group(1)
+    for path in (".ci/run", "README.md", "docs/cuda.md"):
+        with open(os.path.join(ROOT, path)) as f:
+            assert pin in f.read(), f"{path} does not name {pin}"
 
 
 def test_release_build_carries_no_debug_info():

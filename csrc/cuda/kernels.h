@@ -84,13 +84,13 @@ void finish_grad_q(const AttentionBackwardParams& bp, const BackwardBuffers& buf
 // below a launch's cost) so that tests can switch the path within a process.
 bool hopper_forward_enabled();
 
-// Whether the Hopper forward (TMA, wgmma, warp specialisation) takes this
-// call: a build with sm_90a code, a compute capability 9.0 device, fp16 or
-// bf16, E = Ev = 64 or 128, no mask, no dropout, none of the options beyond
-// SDPA's (windows, bottom-right, softcap, ALiBi, packed sequences), and q, k,
-// v that the copy engine can describe (16-byte aligned base and strides, unit
-// column stride, no broadcast strides). Everything else stays on
-// tensor_core_forward.
+// Whether the Hopper forward (CuTe: TMA, wgmma, warp specialisation) takes
+// this call: a build with sm_90a code, a compute capability 9.0 device, fp16
+// or bf16, E = Ev = 64, 128 or 256, no mask, no dropout, a positive scale,
+// none of the options beyond SDPA's (windows, bottom-right, softcap, ALiBi,
+// packed sequences), and q, k, v and out that the copy engine can describe
+// (16-byte aligned base and strides, unit column stride, no broadcast
+// strides). Everything else stays on tensor_core_forward.
 bool hopper_forward_supports(const AttentionParams& p);
 
 // Writes out and logsumexp as tensor_core_forward does.

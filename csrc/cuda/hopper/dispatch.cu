@@ -1,16 +1,12 @@
 // Whether the Hopper forward takes a call, and its launch for the call's
 // dtype and head dim. Experimental until verified on an H100: it runs only
 // when TORCH_SELFATTN_HOPPER=1.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <optional>
 #include <stdexcept>
 
 #include "common/env_flags.h"
 #include "cuda/device/elements.cuh"
-#include "cuda/hopper/launchers.h"
-#include "cuda/hopper/tensor_map.h"
+#include "cuda/hopper/launch_forward.h"
 
 namespace selfattn::cuda {
 namespace {
@@ -48,35 +44,33 @@ bool sdpa_options_only(const AttentionParams& p) {
 }
 
 // What the kernel computes: fp16 or bf16, E = Ev of a compiled head dim, no
-// mask, no dropout, no option beyond SDPA's; the output written as 4-byte
-// pairs of a row, so rows with unit column stride and even strides from a
-// 4-byte aligned base.
+// mask, no dropout, no option beyond SDPA's, a positive scale (the
+// exponentials fold it into one FFMA with the row maximum, which assumes
+// that scaling keeps the order of the scores), and the logsumexp laid out
+// for this call's rows alone.
 bool computes(const AttentionParams& p) {
   const bool sixteen_bit = p.dtype == ElementType::Float16 || p.dtype == ElementType::BFloat16;
-  const Strides4& out = p.out.stride;
-  const bool pairs_aligned = reinterpret_cast<uintptr_t>(p.out.data) % 4 == 0 && out.col == 1 &&
-                             out.row % 2 == 0 && out.head % 2 == 0 && out.batch % 2 == 0;
   const int64_t blocks = ceil_div(p.q_len, hopper::kForwardBlockM) * p.batch * p.q_heads;
   return sixteen_bit && p.head_dim == p.value_dim && compiled_head_dim(p.head_dim) &&
          p.mask_kind == MaskKind::None && !p.dropout.enabled() && sdpa_options_only(p) && p.kv_len > 0 &&
-         p.q_len > 0 && pairs_aligned && blocks <= 0x7fffffff;
+         p.q_len > 0 && p.scale > 0.0 && blocks <= 0x7fffffff;
 }
 
-std::optional<hopper::ForwardMaps> forward_maps(const AttentionParams& p) {
-  const auto map_of = [&](const TensorView& view, int64_t heads, int64_t rows, int box_rows) {
-    return hopper::encode_tile_map({view, p.dtype, p.batch, heads, rows, p.head_dim, box_rows});
+std::optional<hopper::ForwardViews> forward_views(const AttentionParams& p) {
+  const auto view_of = [&](const TensorView& view, int64_t heads, int64_t rows) {
+    return hopper::copy_engine_view(view, p.batch, heads, rows, p.head_dim);
   };
-  const auto q = map_of(p.q, p.q_heads, p.q_len, hopper::kForwardBlockM);
-  const auto k = map_of(p.k, p.kv_heads, p.kv_len, hopper::kForwardBlockN);
-  const auto v = map_of(p.v, p.kv_heads, p.kv_len, hopper::kForwardBlockN);
-  if (!q || !k || !v) return std::nullopt;
-  return hopper::ForwardMaps{*q, *k, *v};
+  const auto q = view_of(p.q, p.q_heads, p.q_len), out = view_of(p.out, p.q_heads, p.q_len);
+  const auto k = view_of(p.k, p.kv_heads, p.kv_len), v = view_of(p.v, p.kv_heads, p.kv_len);
+  if (!q || !k || !v || !out) return std::nullopt;
+  return hopper::ForwardViews{*q, *k, *v, *out};
 }
 
-template <typename T>
-void launch_for_head_dim(const AttentionParams& p, const hopper::ForwardMaps& maps, cudaStream_t stream) {
-  if (p.head_dim == 64) return hopper::launch_forward<T, 64>(p, maps, stream);
-  hopper::launch_forward<T, 128>(p, maps, stream);
+template <typename Element>
+void launch_for_head_dim(const AttentionParams& p, const hopper::ForwardViews& views, cudaStream_t stream) {
+  if (p.head_dim == 64) return hopper::launch_forward<Element, 64>(p, views, stream);
+  if (p.head_dim == 128) return hopper::launch_forward<Element, 128>(p, views, stream);
+  hopper::launch_forward<Element, 256>(p, views, stream);
 }
 
 }  // namespace
@@ -84,16 +78,16 @@ void launch_for_head_dim(const AttentionParams& p, const hopper::ForwardMaps& ma
 bool hopper_forward_enabled() { return env_flag("TORCH_SELFATTN_HOPPER"); }
 
 bool hopper_forward_supports(const AttentionParams& p) {
-  return kBuiltForSm90a && computes(p) && current_device_is_sm90() && forward_maps(p).has_value();
+  return kBuiltForSm90a && computes(p) && current_device_is_sm90() && forward_views(p).has_value();
 }
 
 void hopper_forward(const AttentionParams& p, cudaStream_t stream) {
-  const std::optional<hopper::ForwardMaps> maps = forward_maps(p);
-  if (!maps || !computes(p)) {
+  const std::optional<hopper::ForwardViews> views = forward_views(p);
+  if (!views || !computes(p)) {
     throw std::logic_error("selfattn: hopper_forward called for a call that hopper_forward_supports declines");
   }
-  if (p.dtype == ElementType::Float16) return launch_for_head_dim<__half>(p, *maps, stream);
-  launch_for_head_dim<__nv_bfloat16>(p, *maps, stream);
+  if (p.dtype == ElementType::Float16) return launch_for_head_dim<cutlass::half_t>(p, *views, stream);
+  launch_for_head_dim<cutlass::bfloat16_t>(p, *views, stream);
 }
 
 }  // namespace selfattn::cuda
