@@ -13,6 +13,7 @@
 #include "cpu/backward_rows.h"
 #include "cpu/dispatch_dtype.h"
 #include "cpu/matrix_unit_backward.h"
+#include "cpu/parallel_tasks.h"
 #include "common/env_flags.h"
 #include "cpu/kernels.h"
 #include "common/sequence_problem.h"
@@ -85,11 +86,14 @@ void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord&
   }
 }
 
-// dP → dS = P ∘ (dP − D) in place, row by row, with D in ws.delta.
+// dP → dS = P ∘ (dP − D) in place, row by row, with D in ws.delta. A kept P
+// (see TileStore) is renormalised by ws.row_scale in the same pass.
 template <typename acc_t>
-void to_score_gradient(const TileCoord& t, const acc_t* probs, acc_t* grad, const BackwardWorkspace<acc_t>& ws) {
+void to_score_gradient(const TileCoord& t, acc_t* probs, acc_t* grad, const BackwardWorkspace<acc_t>& ws,
+                       bool renormalise = false) {
   for (int64_t r = 0; r < t.rows; ++r) {
-    score_gradient(probs + r * kScoreLd, grad + r * kScoreLd, t.cols, ws.delta.data()[r]);
+    score_gradient(probs + r * kScoreLd, grad + r * kScoreLd, t.cols, ws.delta.data()[r],
+                   renormalise ? ws.row_scale.data()[r] : acc_t(1));
   }
 }
 
@@ -345,6 +349,16 @@ struct HeadScratch {
                         : TileStore<acc_t>{ws.probs.data(), ws.grad_scores.data(), false}) {}
 };
 
+// What a thread of the head pass keeps from task to task.
+template <typename acc_t>
+struct HeadThread {
+  BackwardWorkspace<acc_t> ws;
+  HeadScratch<acc_t> hs;
+
+  HeadThread(const AttentionParams& p, bool keeps_all, bool in_place)
+      : ws(p), hs(p, p.max_seqlen_k, keeps_all, in_place, ws) {}
+};
+
 // dQ, dK and dV of key/value head (b, kv_head) and the query heads of its
 // GQA group. Each tile of query rows sweeps the keys twice, first for its
 // row statistics, then for the gradients. Tiles of tile_rows query rows, as
@@ -373,13 +387,12 @@ void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head
         acc_t* tile_grads = store.grads_of(col0 / kKeyTile);
         if (hs.keeps_all) {  // P and dP are kept: only K is needed again, for dQ
           load_tile<scalar_t>(p.k, b, kv_head, col0, t.cols, E, ws.k.data(), E);
-          for (int64_t r = 0; r < rows; ++r) scale(tile_probs + r * kScoreLd, t.cols, ws.row_scale.data()[r]);
           if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kScoreLd);
         } else {
           load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
           probabilities_and_their_gradient(p, t, ws, tile_probs, tile_grads);
         }
-        to_score_gradient(t, tile_probs, tile_grads, ws);
+        to_score_gradient(t, tile_probs, tile_grads, ws, hs.keeps_all);
         through_softcap(t, tile_grads, ws);
         gemm_ab(rows, E, t.cols, tile_grads, kScoreLd, ws.k.data(), E, dq, E);
         gemm_atb(t.cols, E, rows, tile_grads, kScoreLd, ws.q.data(), E, dk.data + col0 * dk.ld, dk.ld,
@@ -404,18 +417,17 @@ void head_pass(const AttentionBackwardParams& bp) {
   const bool keeps_all = keeps_all_tiles<acc_t>(p, p.max_seqlen_k);
   // The tiles of the forward: of the whole call, also for each sequence.
   const int64_t tile_rows = query_tile_rows(p);
-  at::parallel_for(0, p.sequences * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    BackwardWorkspace<acc_t> ws(p);
-    HeadScratch<acc_t> hs(p, p.max_seqlen_k, keeps_all, accumulates_in_place<scalar_t, acc_t>(bp), ws);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / p.kv_heads, kv_head = task % p.kv_heads;
-      if (p.has_sequences()) {
-        backward_head<scalar_t>(sequence_problem(bp, s), 0, kv_head, tile_rows, ws, hs);
-      } else {
-        backward_head<scalar_t>(bp, s, kv_head, tile_rows, ws, hs);
-      }
-    }
-  });
+  const bool in_place = accumulates_in_place<scalar_t, acc_t>(bp);
+  parallel_tasks(
+      p.sequences * p.kv_heads, [&] { return HeadThread<acc_t>(p, keeps_all, in_place); },
+      [&](HeadThread<acc_t>& thread, int64_t task) {
+        const int64_t s = task / p.kv_heads, kv_head = task % p.kv_heads;
+        if (p.has_sequences()) {
+          backward_head<scalar_t>(sequence_problem(bp, s), 0, kv_head, tile_rows, thread.ws, thread.hs);
+        } else {
+          backward_head<scalar_t>(bp, s, kv_head, tile_rows, thread.ws, thread.hs);
+        }
+      });
 }
 
 template <typename scalar_t, typename acc_t>

@@ -6,7 +6,6 @@
 // from float, and Q and dO are transposed once per tile of query rows.
 #include "cpu/matrix_unit_backward.h"
 
-#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
 #include <vector>
@@ -15,6 +14,7 @@
 #include "cpu/bf16_layouts.h"
 #include "cpu/bf16_matrix_units.h"
 #include "cpu/packed_head.h"
+#include "cpu/parallel_tasks.h"
 #include "cpu/tile_ops.h"
 #include "cpu/vector_ops.h"
 
@@ -127,12 +127,11 @@ class HeadBackward {
       const TileCoord t{b, h, row0, rows, col0, std::min(kKeyTile, keys.end - col0)};
       float* probs = probs_of(col0);
       float* grads = grads_of(col0);
-      if (keeps_all_) {
-        for (int64_t r = 0; r < rows; ++r) scale(probs + r * kScoreLd, t.cols, scale_[r]);
-      } else {
-        probabilities_and_their_gradient(t, probs, grads);
+      // A kept P is renormalised as dP becomes dS; a recomputed one already is.
+      if (!keeps_all_) probabilities_and_their_gradient(t, probs, grads);
+      for (int64_t r = 0; r < rows; ++r) {
+        score_gradient(probs + r * kScoreLd, grads + r * kScoreLd, t.cols, delta_[r], keeps_all_ ? scale_[r] : 1.0f);
       }
-      for (int64_t r = 0; r < rows; ++r) score_gradient(probs + r * kScoreLd, grads + r * kScoreLd, t.cols, delta_[r]);
       add_gradient_products(t, probs, grads);
     }
     store_tile<c10::BFloat16>(dq_.data(), E_, bp_.grad_q, b, h, row0, rows, E_, static_cast<float>(p_.scale));
@@ -205,10 +204,9 @@ bool matrix_unit_backward_applies(const AttentionBackwardParams& bp) {
 
 void matrix_unit_backward(const AttentionBackwardParams& bp) {
   const AttentionParams& p = bp.fwd;
-  at::parallel_for(0, p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    HeadBackward head(bp);
-    for (int64_t task = begin; task < end; ++task) head.run(task / p.kv_heads, task % p.kv_heads);
-  });
+  parallel_tasks(
+      p.batch * p.kv_heads, [&] { return HeadBackward(bp); },
+      [&](HeadBackward& head, int64_t task) { head.run(task / p.kv_heads, task % p.kv_heads); });
 }
 
 }  // namespace selfattn::cpu

@@ -220,9 +220,18 @@ SELFATTN_INLINE void add_rows_impl(T* y, int64_t ldy, int64_t yrows, const T* ro
 }
 
 template <typename T>
-SELFATTN_INLINE void score_gradient_impl(const T* p, T* x, int64_t n, T d) {
+SELFATTN_INLINE void score_gradient_impl(T* p, T* x, int64_t n, T d, T p_factor) {
+  if (p_factor == T(1)) {  // p stays as it is: no store
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) x[i] = p[i] * (x[i] - d);
+    for (int64_t i = 0; i < n; ++i) x[i] = p[i] * (x[i] - d);
+    return;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T q = p[i] * p_factor;
+    p[i] = q;
+    x[i] = q * (x[i] - d);
+  }
 }
 
 template <typename T>
@@ -315,9 +324,11 @@ SELFATTN_CLONED void add_rows(double* y, int64_t ldy, int64_t yrows, const doubl
   add_rows_impl(y, ldy, yrows, rows, ld, count, n, a, lda);
 }
 
-SELFATTN_CLONED void score_gradient(const float* p, float* x, int64_t n, float d) { score_gradient_impl(p, x, n, d); }
-SELFATTN_CLONED void score_gradient(const double* p, double* x, int64_t n, double d) {
-  score_gradient_impl(p, x, n, d);
+SELFATTN_CLONED void score_gradient(float* p, float* x, int64_t n, float d, float p_factor) {
+  score_gradient_impl(p, x, n, d, p_factor);
+}
+SELFATTN_CLONED void score_gradient(double* p, double* x, int64_t n, double d, double p_factor) {
+  score_gradient_impl(p, x, n, d, p_factor);
 }
 
 SELFATTN_CLONED void add_row_sums(const float* p, const float* dp, int64_t n, double& prob_sum, double& weighted_sum) {

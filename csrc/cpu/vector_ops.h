@@ -54,9 +54,10 @@ void add_rows(float* y, int64_t ldy, int64_t yrows, const float* rows, int64_t l
 void add_rows(double* y, int64_t ldy, int64_t yrows, const double* rows, int64_t ld, int64_t count, int64_t n,
               const double* a, int64_t lda);
 
-// x ← p ∘ (x − d): turns dP into the score gradient dS.
-void score_gradient(const float* p, float* x, int64_t n, float d);
-void score_gradient(const double* p, double* x, int64_t n, double d);
+// x ← p ∘ (x − d): turns dP into the score gradient dS. With p_factor ≠ 1,
+// p ← p·p_factor first, in the same pass: the renormalisation of a kept P.
+void score_gradient(float* p, float* x, int64_t n, float d, float p_factor = 1);
+void score_gradient(double* p, double* x, int64_t n, double d, double p_factor = 1);
 
 // Adds Σ p and Σ p∘dp to the two sums, accumulating in double.
 void add_row_sums(const float* p, const float* dp, int64_t n, double& prob_sum, double& weighted_sum);
