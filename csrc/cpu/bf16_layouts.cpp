@@ -7,6 +7,7 @@
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "cpu/avx512_target.h"
@@ -88,6 +89,35 @@ SELFATTN_AVX512 void store_transposed_block(const float* x, int64_t ld, int64_t 
   }
 }
 
+// Pairs i0 … i0 + 15 of the 16 rows from `row` of m, into packed rows
+// i0 … i0 + 15 (n pairs apart) from `out`: each row's 16 pairs are one
+// 64-byte load, each packed row of 16 keys one store.
+SELFATTN_AVX512 void pack_transposed_block(const TensorView& m, int64_t b, int64_t h, int64_t row, int64_t i0,
+                                           int64_t n, uint32_t* out) {
+  __m512i v[16];
+  for (int j = 0; j < 16; ++j) v[j] = _mm512_loadu_si512(row_of(m, b, h, row + j, 2 * i0));
+  transpose_16x16(v);
+  for (int i = 0; i < 16; ++i) _mm512_storeu_si512(out + (i0 + i) * n, v[i]);
+}
+
+// Rows lo and hi interleaved into n pairs, 32 at a time.
+SELFATTN_AVX512 void interleave_rows(const uint16_t* lo, const uint16_t* hi, int64_t n, uint32_t* out) {
+  const __m512i first = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,  //
+                                         39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i second = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,  //
+                                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+  for (int64_t j = 0; j < n; j += 32) {
+    const __mmask32 mask = n - j >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((1ull << (n - j)) - 1);
+    const __m512i a = _mm512_maskz_loadu_epi16(mask, lo + j);
+    const __m512i c = _mm512_maskz_loadu_epi16(mask, hi + j);
+    const int64_t left = std::min<int64_t>(32, n - j);
+    const __mmask16 low = left >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 high = left <= 16 ? __mmask16(0) : static_cast<__mmask16>((1u << (left - 16)) - 1);
+    _mm512_mask_storeu_epi32(out + j, low, _mm512_permutex2var_epi16(a, first, c));
+    _mm512_mask_storeu_epi32(out + j + 16, high, _mm512_permutex2var_epi16(a, second, c));
+  }
+}
+
 // Packed pairs of rows i and i + 1 of x, n ≤ kPackedBlock columns, 16 at a time.
 SELFATTN_AVX512 void pack_float_pair(const float* lo, const float* hi, int64_t n, uint32_t* out) {
   const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,  //
@@ -118,7 +148,15 @@ bool use_avx512() {
 // their transpose: pair i of row j goes to packed pair (i, j).
 void pack_transposed(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t n, int64_t k, uint16_t* packed) {
   auto* out = reinterpret_cast<uint32_t*>(packed);
-  for (int64_t j = 0; j < n; ++j) {
+  int64_t j_done = 0;
+#if SELFATTN_HAS_AVX512_TARGET
+  if (use_avx512() && m.stride.col == 1 && (k / 2) % 16 == 0) {
+    for (; j_done + 16 <= n; j_done += 16) {
+      for (int64_t i = 0; i < k / 2; i += 16) pack_transposed_block(m, b, h, row0 + j_done, i, n, out + j_done);
+    }
+  }
+#endif
+  for (int64_t j = j_done; j < n; ++j) {
     const uint16_t* row = row_of(m, b, h, row0 + j, 0);
     if (m.stride.col == 1) {
       for (int64_t i = 0; i < k / 2; ++i) {
@@ -146,6 +184,12 @@ void pack_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t 
       continue;
     }
     const uint16_t* hi = row_of(m, b, h, row0 + i + 1, col0);
+#if SELFATTN_HAS_AVX512_TARGET
+    if (use_avx512() && sc == 1) {
+      interleave_rows(lo, hi, n, o);
+      continue;
+    }
+#endif
     for (int64_t j = 0; j < n; ++j) o[j] = pair(lo[j * sc], hi[j * sc]);
   }
 }

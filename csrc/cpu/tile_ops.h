@@ -62,6 +62,17 @@ class Scratch {
   int64_t size_;
 };
 
+// The float values of n 16-bit elements, converted 16 at a time.
+template <typename scalar_t>
+void widen_row(const scalar_t* row, float* out, int64_t n) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(row);
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    widen_bfloat16(bits, out, n);
+  } else {
+    widen_half(bits, out, n);
+  }
+}
+
 // Copies rows [row0, row0 + rows) and columns [0, cols) of head (b, h) of a
 // strided tensor into a packed tile, converting to acc_t and multiplying by
 // `factor` (the softmax scale is folded into Q this way).
@@ -77,12 +88,7 @@ void load_tile(const TensorView& src, int64_t b, int64_t h, int64_t row0, int64_
       // Widening by bits: the element-wise conversion does not vectorise, and
       // at one query row (decoding) converting the keys is the whole cost.
       if (src.stride.col == 1) {
-        const auto* bits = reinterpret_cast<const uint16_t*>(row);
-        if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-          widen_bfloat16(bits, out, cols);
-        } else {
-          widen_half(bits, out, cols);
-        }
+        widen_row(row, out, cols);
         if (factor != acc_t(1)) scale(out, cols, factor);
         continue;
       }
@@ -189,6 +195,17 @@ void add_mask_elements(const AttentionParams& p, const TileCoord& t, acc_t* scor
   for (int64_t r = 0; r < t.rows; ++r) {
     const mask_t* row = base + p.mask.stride.offset(t.b, t.h, t.row0 + r, t.col0);
     acc_t* s = scores + r * ld;
+    if constexpr (std::is_same_v<acc_t, float> &&
+                  (std::is_same_v<mask_t, c10::BFloat16> || std::is_same_v<mask_t, c10::Half>)) {
+      // A 16-bit mask row widened by bits, as load_tile widens: its
+      // element-wise conversion does not vectorise.
+      if (p.mask.stride.col == 1) {
+        float widened[kKeyTile];
+        widen_row(row, widened, t.cols);
+        for (int64_t c = 0; c < t.cols; ++c) s[c] += widened[c];
+        continue;
+      }
+    }
     for (int64_t c = 0; c < t.cols; ++c) {
       const mask_t m = row[c * p.mask.stride.col];
       if constexpr (std::is_same_v<mask_t, bool>) {
