@@ -11,7 +11,6 @@
 #pragma once
 
 #include <type_traits>
-#include <vector>
 
 #include "cpu/bf16_matrix_units.h"
 #include "cpu/key_runs.h"
@@ -95,10 +94,10 @@ class MatrixUnitProducts {
 
   explicit MatrixUnitProducts(const AttentionParams& p)
       : p_(p),
-        keys_(static_cast<size_t>(packed_head_size(p.kv_len, p.head_dim))),
-        values_(static_cast<size_t>(packed_head_size(p.kv_len, p.value_dim))),
-        q_copy_(static_cast<size_t>(kQueryTile * p.head_dim)),
-        probs_(static_cast<size_t>(kQueryTile * kProbsLd)),
+        keys_(packed_head_size(p.kv_len, p.head_dim)),
+        values_(packed_head_size(p.kv_len, p.value_dim)),
+        q_copy_(kQueryTile * p.head_dim),
+        probs_(kQueryTile * kProbsLd),
         fuses_softmax_(!has_score_bias(p) && p.mask_kind == MaskKind::None && !p.dropout.enabled() && p.scale > 0) {}
 
   ~MatrixUnitProducts() { release_matrix_units(); }
@@ -176,7 +175,7 @@ class MatrixUnitProducts {
   static constexpr int64_t kProbsLd = kKeyTile;
 
   const AttentionParams& p_;
-  std::vector<uint16_t> keys_, values_, q_copy_, probs_;
+  Scratch<uint16_t> keys_, values_, q_copy_, probs_;
   int64_t packed_batch_ = -1, packed_head_ = -1;
   const uint16_t* q_ = nullptr;
   int64_t q_ld_ = 0;

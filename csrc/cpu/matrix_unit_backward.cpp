@@ -8,8 +8,6 @@
 
 #include <c10/util/BFloat16.h>
 
-#include <vector>
-
 #include "cpu/backward_rows.h"
 #include "cpu/bf16_layouts.h"
 #include "cpu/bf16_matrix_units.h"
@@ -41,11 +39,12 @@ LeftRows left_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int6
 // Its rows are padded off multiples of 4 KiB, which would put them in the
 // same cache sets.
 struct TransposedRows {
-  std::vector<float> data;
   int64_t ld;
+  Scratch<float> data;
 
-  TransposedRows(int64_t width, int64_t len) : ld((len + 15) / 16 * 16 + 16) { data.resize(width * ld); }
+  TransposedRows(int64_t width, int64_t len) : ld((len + 15) / 16 * 16 + 16), data(width * ld) {}
   float* at(int64_t col0) { return data.data() + col0; }
+  void zero() { std::fill_n(data.data(), data.size(), 0.0f); }
 };
 
 class HeadBackward {
@@ -83,8 +82,8 @@ class HeadBackward {
     pack_head_transposed(p_.k, b, kv_head, p_.kv_len, E_, keys_t_.data());
     pack_head_rows(p_.k, b, kv_head, p_.kv_len, E_, keys_.data());
     pack_head_transposed(p_.v, b, kv_head, p_.kv_len, Ev_, values_t_.data());
-    std::fill(dk_t_.data.begin(), dk_t_.data.end(), 0.0f);
-    std::fill(dv_t_.data.begin(), dv_t_.data.end(), 0.0f);
+    dk_t_.zero();
+    dv_t_.zero();
     const int64_t tile_rows = query_tile_rows(p_);
     for (int64_t h = kv_head * p_.group_size(); h < (kv_head + 1) * p_.group_size(); ++h) {
       for (int64_t row0 = 0; row0 < p_.q_len; row0 += tile_rows) {
@@ -179,16 +178,16 @@ class HeadBackward {
   const int64_t E_, Ev_;
   const bool keeps_all_;
   // The head's K packed both ways and V transposed (packed_head.h).
-  std::vector<uint16_t> keys_t_, keys_, values_t_;
+  Scratch<uint16_t> keys_t_, keys_, values_t_;
   // The tile of query rows: Q and dO (where copied), and both transposed.
-  std::vector<uint16_t> q_copy_, dout_copy_, q_t_, dout_t_;
+  Scratch<uint16_t> q_copy_, dout_copy_, q_t_, dout_t_;
   LeftRows q_{nullptr, 0}, dout_{nullptr, 0};
   // dS as rows, and dS and P packed, for the products of one key tile.
-  std::vector<uint16_t> ds_rows_, ds_pairs_, p_pairs_;
+  Scratch<uint16_t> ds_rows_, ds_pairs_, p_pairs_;
   // P and dP (then dS), of every key tile when keeps_all_, else of one.
-  std::vector<float> probs_, grads_;
-  std::vector<float> dq_, lse_, scale_, delta_;
-  std::vector<double> prob_sum_, weighted_sum_;
+  Scratch<float> probs_, grads_;
+  Scratch<float> dq_, lse_, scale_, delta_;
+  Scratch<double> prob_sum_, weighted_sum_;
   TransposedRows dk_t_, dv_t_;
 };
 

@@ -46,7 +46,8 @@ inline int64_t query_tile_rows(const AttentionParams& p) {
   return p.causal && p.max_seqlen_q < kShortCausal ? kQueryTile / 4 : kQueryTile;
 }
 
-// Contiguous scratch of the accumulator type, one per worker chunk.
+// Contiguous scratch (of the accumulator type, or of raw 16-bit patterns),
+// one per worker thread.
 template <typename acc_t>
 class Scratch {
  public:
@@ -55,6 +56,7 @@ class Scratch {
   explicit Scratch(int64_t size) : storage(new acc_t[static_cast<size_t>(size)]), size_(size) {}
   acc_t* data() { return storage.get(); }
   const acc_t* data() const { return storage.get(); }
+  acc_t& operator[](int64_t i) { return storage[static_cast<size_t>(i)]; }
   int64_t size() const { return size_; }
 
  private:
