@@ -35,12 +35,13 @@ void finish_row_statistics(const AttentionBackwardParams& bp, int64_t b, int64_t
 
 // Bytes of P and dP that a thread may keep for one tile of query rows, so
 // that the second sweep over its keys reuses them instead of recomputing
-// both products. Linear in S: 2 × 256 rows × S floats, 17 MiB at S = 8k and
-// 34 MiB at 16k, which no longer fits: from there the second sweep
+// both products. Linear in S: 2 × 256 rows × S floats, 8 MiB at S = 4k and
+// 16 MiB at 8k, which no longer fits: from there the second sweep
 // recomputes, and the backward's peak memory stays within 1.2× of PyTorch's
-// (measured at 16k and 32k), where the store's saving is a small part of the
+// (measured at 16k and 32k) and far below one L × S matrix at 8k
+// (tests/test_memory.py), where the store's saving is a small part of the
 // work.
-constexpr int64_t kTileStoreBytes = int64_t(24) << 20;
+constexpr int64_t kTileStoreBytes = int64_t(12) << 20;
 
 // Whether a thread keeps P and dP of every key tile of kv_len keys. Not with
 // softcap, whose derivative would have to be kept as well.
