@@ -28,6 +28,12 @@ struct BackwardWorkspace {
       row_scale, delta;
   // The sums behind the row statistics, in double whatever acc_t is.
   Scratch<double> prob_sum, weighted_sum;
+  // The rows of Q, dO, K and V that the products read: the tensors' own
+  // memory where BLAS can read it (row_operand), else the copies above, so
+  // that float inputs are not copied (1.5 MiB per tile of query rows at
+  // S = 2048, E = 64), and the scores are the forward's products of the
+  // same rows.
+  RowOperand<acc_t> q_rows{nullptr, 0}, grad_out_rows{nullptr, 0}, k_rows{nullptr, 0}, v_rows{nullptr, 0};
 
   explicit BackwardWorkspace(const AttentionParams& p)
       : q(kQueryTile * p.head_dim),
@@ -57,16 +63,16 @@ template <typename scalar_t, typename acc_t>
 void load_query_side(const AttentionBackwardParams& bp, int64_t b, int64_t h, int64_t row0, int64_t rows,
                      BackwardWorkspace<acc_t>& ws) {
   const AttentionParams& p = bp.fwd;
-  load_tile<scalar_t>(p.q, b, h, row0, rows, p.head_dim, ws.q.data(), p.head_dim);
-  load_tile<scalar_t>(bp.grad_out, b, h, row0, rows, p.value_dim, ws.grad_out.data(), p.value_dim);
+  ws.q_rows = row_operand<scalar_t>(p.q, b, h, row0, rows, p.head_dim, ws.q.data());
+  ws.grad_out_rows = row_operand<scalar_t>(bp.grad_out, b, h, row0, rows, p.value_dim, ws.grad_out.data());
   std::copy_n(static_cast<const acc_t*>(p.logsumexp) + p.row_index(b, h, row0), rows, ws.lse.data());
 }
 
 template <typename scalar_t, typename acc_t>
 void load_key_side(const AttentionParams& p, int64_t b, int64_t kv_head, int64_t col0, int64_t cols,
                    BackwardWorkspace<acc_t>& ws) {
-  load_tile<scalar_t>(p.k, b, kv_head, col0, cols, p.head_dim, ws.k.data(), p.head_dim);
-  load_tile<scalar_t>(p.v, b, kv_head, col0, cols, p.value_dim, ws.v.data(), p.value_dim);
+  ws.k_rows = row_operand<scalar_t>(p.k, b, kv_head, col0, cols, p.head_dim, ws.k.data());
+  ws.v_rows = row_operand<scalar_t>(p.v, b, kv_head, col0, cols, p.value_dim, ws.v.data());
 }
 
 // With the query side and the key side of tile t loaded, recomputes the
@@ -76,10 +82,10 @@ void load_key_side(const AttentionParams& p, int64_t b, int64_t kv_head, int64_t
 template <typename acc_t>
 void probabilities_and_their_gradient(const AttentionParams& p, const TileCoord& t, BackwardWorkspace<acc_t>& ws,
                                       acc_t* probs, acc_t* grad_probs) {
-  compute_scores(p, t, ws.q.data(), p.head_dim, ws.k.data(), p.head_dim, probs, kScoreLd, ws.slopes());
+  compute_scores(p, t, ws.q_rows.data, ws.q_rows.ld, ws.k_rows.data, ws.k_rows.ld, probs, kScoreLd, ws.slopes());
   probabilities_from_logsumexp(t, ws.lse.data(), ws.row_scale.data(), probs, kScoreLd);
-  gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out.data(), p.value_dim, ws.v.data(), p.value_dim, grad_probs,
-           kScoreLd, acc_t(1), acc_t(0));
+  gemm_abt(t.rows, t.cols, p.value_dim, ws.grad_out_rows.data, ws.grad_out_rows.ld, ws.v_rows.data, ws.v_rows.ld,
+           grad_probs, kScoreLd, acc_t(1), acc_t(0));
   if (p.dropout.enabled()) {
     dropout_multipliers(p, t, ws.dropout.data(), kScoreLd);
     multiply_tile(grad_probs, ws.dropout.data(), kScoreLd, t.rows, t.cols);
@@ -238,7 +244,7 @@ void query_pass(const AttentionBackwardParams& bp) {
               acc_t* ds = ws.grad_scores.data();
               if (mask_grad) add_to_mask_gradient(p, t, ds, grad_mask.data());
               through_softcap(t, ds, ws);
-              gemm_ab(rows, p.head_dim, t.cols, ds, kScoreLd, ws.k.data(), p.head_dim, dq, p.head_dim);
+              gemm_ab(rows, p.head_dim, t.cols, ds, kScoreLd, ws.k_rows.data, ws.k_rows.ld, dq, p.head_dim);
             }
             // dQ = scale · dS·K
             store_tile<scalar_t>(dq, p.head_dim, bp.grad_q, b, h, row0, rows, p.head_dim,
@@ -295,8 +301,9 @@ void key_pass(const AttentionBackwardParams& bp) {
             multiply_tile(dropped, ws.dropout.data(), kScoreLd, t.rows, t.cols);
             probs = dropped;
           }
-          gemm_atb(t.cols, p.value_dim, t.rows, probs, kScoreLd, ws.grad_out.data(), p.value_dim, dv, p.value_dim);
-          gemm_atb(t.cols, p.head_dim, t.rows, ws.grad_scores.data(), kScoreLd, ws.q.data(), p.head_dim, dk,
+          gemm_atb(t.cols, p.value_dim, t.rows, probs, kScoreLd, ws.grad_out_rows.data, ws.grad_out_rows.ld, dv,
+                   p.value_dim);
+          gemm_atb(t.cols, p.head_dim, t.rows, ws.grad_scores.data(), kScoreLd, ws.q_rows.data, ws.q_rows.ld, dk,
                    p.head_dim, static_cast<acc_t>(p.scale));
         }
       }
@@ -386,7 +393,7 @@ void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head
         acc_t* tile_probs = store.probs_of(col0 / kKeyTile);
         acc_t* tile_grads = store.grads_of(col0 / kKeyTile);
         if (hs.keeps_all) {  // P and dP are kept: only K is needed again, for dQ
-          load_tile<scalar_t>(p.k, b, kv_head, col0, t.cols, E, ws.k.data(), E);
+          ws.k_rows = row_operand<scalar_t>(p.k, b, kv_head, col0, t.cols, E, ws.k.data());
           if (p.dropout.enabled()) dropout_multipliers(p, t, ws.dropout.data(), kScoreLd);
         } else {
           load_key_side<scalar_t>(p, b, kv_head, col0, t.cols, ws);
@@ -394,12 +401,13 @@ void backward_head(const AttentionBackwardParams& bp, int64_t b, int64_t kv_head
         }
         to_score_gradient(t, tile_probs, tile_grads, ws, hs.keeps_all);
         through_softcap(t, tile_grads, ws);
-        gemm_ab(rows, E, t.cols, tile_grads, kScoreLd, ws.k.data(), E, dq, E);
-        gemm_atb(t.cols, E, rows, tile_grads, kScoreLd, ws.q.data(), E, dk.data + col0 * dk.ld, dk.ld,
+        gemm_ab(rows, E, t.cols, tile_grads, kScoreLd, ws.k_rows.data, ws.k_rows.ld, dq, E);
+        gemm_atb(t.cols, E, rows, tile_grads, kScoreLd, ws.q_rows.data, ws.q_rows.ld, dk.data + col0 * dk.ld, dk.ld,
                  static_cast<acc_t>(p.scale));
         // dV takes the probabilities that multiplied V: the dropped ones.
         if (p.dropout.enabled()) multiply_tile(tile_probs, ws.dropout.data(), kScoreLd, rows, t.cols);
-        gemm_atb(t.cols, Ev, rows, tile_probs, kScoreLd, ws.grad_out.data(), Ev, dv.data + col0 * dv.ld, dv.ld);
+        gemm_atb(t.cols, Ev, rows, tile_probs, kScoreLd, ws.grad_out_rows.data, ws.grad_out_rows.ld,
+                 dv.data + col0 * dv.ld, dv.ld);
       }
       store_tile<scalar_t>(dq, E, bp.grad_q, b, h, row0, rows, E, static_cast<acc_t>(p.scale));
     }
