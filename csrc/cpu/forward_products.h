@@ -130,16 +130,9 @@ class MatrixUnitProducts {
     packed_head_ = kv_head;
   }
 
+  // Q's raw bfloat16 bit patterns, in place where the products can read them.
   void begin_query_tile(int64_t b, int64_t h, int64_t row0, int64_t rows) {
-    if (p_.q.stride.col == 1 && p_.q.stride.row >= p_.head_dim) {
-      q_ = static_cast<const uint16_t*>(p_.q.data) + p_.q.stride.offset(b, h, row0, 0);
-      q_ld_ = p_.q.stride.row;
-      return;
-    }
-    // A packed copy of the raw bfloat16 bit patterns.
-    load_tile<uint16_t>(p_.q, b, h, row0, rows, p_.head_dim, q_copy_.data(), p_.head_dim);
-    q_ = q_copy_.data();
-    q_ld_ = p_.head_dim;
+    q_ = row_operand<uint16_t>(p_.q, b, h, row0, rows, p_.head_dim, q_copy_.data());
   }
 
   void scores(const TileCoord& t, float* s, int64_t ld) {
@@ -157,7 +150,7 @@ class MatrixUnitProducts {
  private:
   // Q·Kᵀ, unscaled.
   void product_of_keys(const TileCoord& t, float* s, int64_t ld) {
-    product_with_transposed(t.rows, t.cols, p_.head_dim, q_, q_ld_, keys_.data(), p_.kv_len, t.col0, s, ld);
+    product_with_transposed(t.rows, t.cols, p_.head_dim, q_.data, q_.ld, keys_.data(), p_.kv_len, t.col0, s, ld);
   }
 
   // out += P·V, P in probs_ as bfloat16.
@@ -177,8 +170,7 @@ class MatrixUnitProducts {
   const AttentionParams& p_;
   Scratch<uint16_t> keys_, values_, q_copy_, probs_;
   int64_t packed_batch_ = -1, packed_head_ = -1;
-  const uint16_t* q_ = nullptr;
-  int64_t q_ld_ = 0;
+  RowOperand<uint16_t> q_{nullptr, 0};
   bool fuses_softmax_;
 };
 

@@ -19,22 +19,6 @@
 namespace selfattn::cpu {
 namespace {
 
-// Rows of a tile of a head as a left operand: the tensor's own memory where
-// the products can read it, else a copy.
-struct LeftRows {
-  const uint16_t* data;
-  int64_t ld;
-};
-
-LeftRows left_rows(const TensorView& m, int64_t b, int64_t h, int64_t row0, int64_t rows, int64_t cols,
-                   uint16_t* copy) {
-  if (m.stride.col == 1 && m.stride.row >= cols) {
-    return {static_cast<const uint16_t*>(m.data) + m.stride.offset(b, h, row0, 0), m.stride.row};
-  }
-  load_tile<uint16_t>(m, b, h, row0, rows, cols, copy, cols);
-  return {copy, cols};
-}
-
 // A float accumulator of a head's dKᵀ or dVᵀ: width rows of the head's keys.
 // Its rows are padded off multiples of 4 KiB, which would put them in the
 // same cache sets.
@@ -97,8 +81,8 @@ class HeadBackward {
 
  private:
   void query_tile(int64_t b, int64_t h, int64_t row0, int64_t rows) {
-    q_ = left_rows(p_.q, b, h, row0, rows, E_, q_copy_.data());
-    dout_ = left_rows(bp_.grad_out, b, h, row0, rows, Ev_, dout_copy_.data());
+    q_ = row_operand<uint16_t>(p_.q, b, h, row0, rows, E_, q_copy_.data());
+    dout_ = row_operand<uint16_t>(bp_.grad_out, b, h, row0, rows, Ev_, dout_copy_.data());
     transpose_rows(p_.q, b, h, row0, rows, E_, q_t_.data(), kQueryTile);
     transpose_rows(bp_.grad_out, b, h, row0, rows, Ev_, dout_t_.data(), kQueryTile);
     std::copy_n(static_cast<const float*>(p_.logsumexp) + p_.row_index(b, h, row0), rows, lse_.data());
@@ -140,15 +124,7 @@ class HeadBackward {
   void probabilities_and_their_gradient(const TileCoord& t, float* probs, float* grads) {
     product_with_transposed(t.rows, t.cols, E_, q_.data, q_.ld, keys_t_.data(), p_.kv_len, t.col0, probs, kScoreLd);
     hide_invisible_keys(p_, t, probs, kScoreLd);
-    const auto score_scale = static_cast<float>(p_.scale);
-    for (int64_t r = 0; r < t.rows; ++r) {
-      float* row = probs + r * kScoreLd;
-      if (lse_[r] == minus_infinity<float>()) {  // a fully masked row
-        std::fill_n(row, t.cols, 0.0f);
-      } else {
-        exp_affine(row, t.cols, score_scale, lse_[r], scale_[r]);
-      }
-    }
+    probabilities_from_logsumexp(t, lse_.data(), scale_.data(), probs, kScoreLd, static_cast<float>(p_.scale));
     product_with_transposed(t.rows, t.cols, Ev_, dout_.data, dout_.ld, values_t_.data(), p_.kv_len, t.col0, grads,
                             kScoreLd);
   }
@@ -181,7 +157,7 @@ class HeadBackward {
   Scratch<uint16_t> keys_t_, keys_, values_t_;
   // The tile of query rows: Q and dO (where copied), and both transposed.
   Scratch<uint16_t> q_copy_, dout_copy_, q_t_, dout_t_;
-  LeftRows q_{nullptr, 0}, dout_{nullptr, 0};
+  RowOperand<uint16_t> q_{nullptr, 0}, dout_{nullptr, 0};
   // dS as rows, and dS and P packed, for the products of one key tile.
   Scratch<uint16_t> ds_rows_, ds_pairs_, p_pairs_;
   // P and dP (then dS), of every key tile when keeps_all_, else of one.

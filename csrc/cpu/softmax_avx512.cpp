@@ -101,24 +101,16 @@ SELFATTN_AVX512 float max_element(const float* x, int64_t n) {
   return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
-// x ← exp(x·scale − shift)·factor, the sum of the exps returned.
-SELFATTN_AVX512 inline float exp_affine_loop(float* x, int64_t n, __m512 scale, __m512 shift, __m512 factor) {
+SELFATTN_AVX512 float exp_affine(float* x, int64_t n, float scale, float shift, float factor) {
+  const __m512 a = _mm512_set1_ps(scale), s = _mm512_set1_ps(shift), f = _mm512_set1_ps(factor);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += kLanes) {
     const __mmask16 mask = tail_mask(n - i);
-    const __m512 e = exp(_mm512_fmsub_ps(load(x + i, mask), scale, shift));
+    const __m512 e = exp(_mm512_fmsub_ps(load(x + i, mask), a, s));
     sum = _mm512_add_ps(sum, e);
-    _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(e, factor));
+    _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(e, f));
   }
   return sum_lanes(sum);
-}
-
-SELFATTN_AVX512 float exp_shifted(float* x, int64_t n, float shift, float factor) {
-  return exp_affine_loop(x, n, _mm512_set1_ps(1.0f), _mm512_set1_ps(shift), _mm512_set1_ps(factor));
-}
-
-SELFATTN_AVX512 float exp_affine(float* x, int64_t n, float scale, float shift, float factor) {
-  return exp_affine_loop(x, n, _mm512_set1_ps(scale), _mm512_set1_ps(shift), _mm512_set1_ps(factor));
 }
 
 // Two vectors a step: one instruction converts both, and 32 probabilities
@@ -165,7 +157,6 @@ SELFATTN_AVX512 void widen_half(const uint16_t* x, float* y, int64_t n) {
 namespace selfattn::cpu::avx512 {
 bool available() { return false; }
 float max_element(const float*, int64_t) { return 0; }
-float exp_shifted(float*, int64_t, float, float) { return 0; }
 float exp_affine(float*, int64_t, float, float, float) { return 0; }
 float exp_scaled_to_bfloat16(const float*, int64_t, float, float, uint16_t*) { return 0; }
 void round_to_bfloat16(const float*, uint16_t*, int64_t) {}

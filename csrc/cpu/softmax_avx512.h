@@ -14,7 +14,6 @@ bool available();
 
 // As the functions of the same names in vector_ops.h.
 float max_element(const float* x, int64_t n);
-float exp_shifted(float* x, int64_t n, float shift, float factor);
 float exp_affine(float* x, int64_t n, float scale, float shift, float factor);
 float exp_scaled_to_bfloat16(const float* x, int64_t n, float factor, float shift, uint16_t* y);
 void round_to_bfloat16(const float* x, uint16_t* y, int64_t n);

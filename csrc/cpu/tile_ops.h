@@ -254,19 +254,20 @@ void compute_scores(const AttentionParams& p, const TileCoord& t, const acc_t* q
 }
 
 // Probabilities recomputed from the forward's logsumexp,
-// P = exp(S − lse)·row_scale, row_scale renormalising each row (see
-// row_statistics in attention_backward.cpp). A fully masked row has
-// lse = −inf and gets P = 0, not NaN.
+// P = exp(score_scale·S − lse)·row_scale, row_scale renormalising each row
+// (see row_statistics in attention_backward.cpp); score_scale is for scores
+// left unscaled by their product. A fully masked row has lse = −inf and
+// gets P = 0, not NaN.
 template <typename acc_t>
 void probabilities_from_logsumexp(const TileCoord& t, const acc_t* lse, const acc_t* row_scale, acc_t* scores,
-                                  int64_t ld) {
+                                  int64_t ld, acc_t score_scale = acc_t(1)) {
   for (int64_t r = 0; r < t.rows; ++r) {
     acc_t* s = scores + r * ld;
     const acc_t row_lse = lse[r], scale = row_scale[r];
     if (row_lse == minus_infinity<acc_t>()) {
       std::fill(s, s + t.cols, acc_t(0));
     } else {
-      exp_shifted(s, t.cols, row_lse, scale);
+      exp_affine(s, t.cols, score_scale, row_lse, scale);
     }
   }
 }

@@ -37,22 +37,11 @@ SELFATTN_INLINE T max_element_impl(const T* x, int64_t n) {
 }
 
 template <typename T>
-SELFATTN_INLINE T exp_shifted_loop(T* x, int64_t n, T shift, T factor) {
+SELFATTN_INLINE T exp_affine_loop(T* x, int64_t n, T scale, T shift, T factor) {
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
-    const T e = vector_exp(x[i] - shift);
-    sum += e;
-    x[i] = e * factor;
-  }
-  return sum;
-}
-
-SELFATTN_INLINE float exp_affine_impl(float* x, int64_t n, float scale, float shift, float factor) {
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) {
-    const float e = vector_exp(x[i] * scale - shift);
+    const T e = vector_exp(x[i] * scale - shift);
     sum += e;
     x[i] = e * factor;
   }
@@ -64,15 +53,15 @@ SELFATTN_INLINE float exp_affine_impl(float* x, int64_t n, float scale, float sh
 // costs as much as several vector iterations, and the short rows of a
 // causal tile are mostly tail.
 template <typename T>
-SELFATTN_INLINE T exp_shifted_impl(T* x, int64_t n, T shift, T factor) {
+SELFATTN_INLINE T exp_affine_impl(T* x, int64_t n, T scale, T shift, T factor) {
   constexpr int64_t kBlock = 64 / sizeof(T);
   const int64_t whole = n / kBlock * kBlock;
-  T sum = exp_shifted_loop(x, whole, shift, factor);
+  T sum = exp_affine_loop(x, whole, scale, shift, factor);
   if (whole == n) return sum;
   T block[kBlock];
   std::fill(block, block + kBlock, -std::numeric_limits<T>::infinity());
   std::copy(x + whole, x + n, block);
-  sum += exp_shifted_loop(block, kBlock, shift, factor);
+  sum += exp_affine_loop(block, kBlock, scale, shift, factor);
   std::copy(block, block + (n - whole), x + whole);
   return sum;
 }
@@ -261,9 +250,6 @@ const char* vector_ops_level() {
 // clones below elsewhere.
 namespace {
 SELFATTN_CLONED float max_element_cloned(const float* x, int64_t n) { return max_element_impl(x, n); }
-SELFATTN_CLONED float exp_shifted_cloned(float* x, int64_t n, float shift, float factor) {
-  return exp_shifted_impl(x, n, shift, factor);
-}
 SELFATTN_CLONED float exp_affine_cloned(float* x, int64_t n, float scale, float shift, float factor) {
   return exp_affine_impl(x, n, scale, shift, factor);
 }
@@ -280,9 +266,6 @@ SELFATTN_CLONED float exp_scaled_to_bfloat16_cloned(const float* x, int64_t n, f
 float max_element(const float* x, int64_t n) {
   return avx512::available() ? avx512::max_element(x, n) : max_element_cloned(x, n);
 }
-float exp_shifted(float* x, int64_t n, float shift, float factor) {
-  return avx512::available() ? avx512::exp_shifted(x, n, shift, factor) : exp_shifted_cloned(x, n, shift, factor);
-}
 float exp_affine(float* x, int64_t n, float scale, float shift, float factor) {
   return avx512::available() ? avx512::exp_affine(x, n, scale, shift, factor)
                              : exp_affine_cloned(x, n, scale, shift, factor);
@@ -296,9 +279,13 @@ float exp_scaled_to_bfloat16(const float* x, int64_t n, float factor, float shif
 }
 
 SELFATTN_CLONED double max_element(const double* x, int64_t n) { return max_element_impl(x, n); }
-SELFATTN_CLONED double exp_shifted(double* x, int64_t n, double shift, double factor) {
-  return exp_shifted_impl(x, n, shift, factor);
+SELFATTN_CLONED double exp_affine(double* x, int64_t n, double scale, double shift, double factor) {
+  return exp_affine_impl(x, n, scale, shift, factor);
 }
+
+// x − shift is x·1 − shift exactly, multiply-add or not.
+float exp_shifted(float* x, int64_t n, float shift, float factor) { return exp_affine(x, n, 1.0f, shift, factor); }
+double exp_shifted(double* x, int64_t n, double shift, double factor) { return exp_affine(x, n, 1.0, shift, factor); }
 
 SELFATTN_CLONED void scale(float* x, int64_t n, float factor) { scale_impl(x, n, factor); }
 SELFATTN_CLONED void scale(double* x, int64_t n, double factor) { scale_impl(x, n, factor); }
@@ -346,10 +333,6 @@ SELFATTN_CLONED void widen_bfloat16(const uint16_t* x, float* y, int64_t n) {
     std::memcpy(&y[i], &bits, sizeof bits);
   }
 }
-
-}  // namespace selfattn::cpu
-
-namespace selfattn::cpu {
 
 // c10::Half's conversion is a scalar bit manipulation, which no loop
 // vectorises; the AVX-512 one converts 16 at a time (vcvtph2ps).

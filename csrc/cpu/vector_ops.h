@@ -19,13 +19,12 @@ const char* vector_ops_level();
 float max_element(const float* x, int64_t n);
 double max_element(const double* x, int64_t n);
 
-// x ← exp(x − shift)·factor; returns Σ exp(x − shift) before the factor.
+// x ← exp(x·scale − shift)·factor; returns Σ exp(x·scale − shift) before the
+// factor. exp_shifted is scale = 1.
+float exp_affine(float* x, int64_t n, float scale, float shift, float factor);
+double exp_affine(double* x, int64_t n, double scale, double shift, double factor);
 float exp_shifted(float* x, int64_t n, float shift, float factor);
 double exp_shifted(double* x, int64_t n, double shift, double factor);
-
-// x ← exp(x·scale − shift)·factor; returns Σ exp(x·scale − shift) before the
-// factor. The probabilities of the bfloat16 backward, from unscaled scores.
-float exp_affine(float* x, int64_t n, float scale, float shift, float factor);
 
 // y ← bfloat16(exp(x·factor − shift)) as raw 16-bit patterns; returns
 // Σ exp(x·factor − shift) of the float values. The softmax step of the
