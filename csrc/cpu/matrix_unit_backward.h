@@ -1,7 +1,7 @@
 // The backward of bfloat16 attention on the CPU's matrix units: all five
 // products (S = Q·Kᵀ, dP = dO·Vᵀ, dQ = dS·K, dKᵀ = Qᵀ·dS and dVᵀ = dOᵀ·P) in
-// bfloat16 with float accumulation, as PyTorch's own bfloat16 kernel runs
-// them; P, dP and dS are float between the products. The row statistics
+// bfloat16 with float accumulation; P, dP and dS are float between the
+// products. The row statistics
 // (the normaliser of P and D) are those of the float kernel
 // (backward_rows.h), so a row's dS still sums to 0 up to float rounding.
 #pragma once

@@ -2,8 +2,9 @@
 // share when it is done with one: large shares first, smaller ones as the
 // tasks run out (guided scheduling). at::parallel_for gives each thread a
 // fixed share, and on a shared machine one core may run slower than the
-// other: measured on the 2-vCPU development machine, the faster thread spent
-// a fifth of a bfloat16 forward waiting for the slower one. Consecutive tasks
+// other: in one profile of a bfloat16 forward on the 2-vCPU development
+// machine, the faster thread spent more than a quarter of its time waiting
+// for the slower one. Consecutive tasks
 // stay together in a share, so a thread still runs the tiles of a head one
 // after another (and packs its keys once).
 //
