@@ -76,7 +76,7 @@ def test_fully_masked_rows_are_zero_and_other_rows_sum_to_one():
 
 
 def test_several_row_blocks_and_3d_inputs():
-    q, k = inputs((3, 600, 8), (3, 500, 8), seed=4)  # 600 rows: three blocks of 256
+    q, k = inputs((3, 600, 8), (3, 500, 8), seed=4)  # 600 rows: more than two blocks
     assert 600 > 2 * attention_maps.ROW_BLOCK
     got = attention_weights(q, k, is_causal=True)
     torch.testing.assert_close(got.double(), softmax_reference(q, k, is_causal=True), atol=1e-6, rtol=0)

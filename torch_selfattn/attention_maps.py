@@ -14,7 +14,7 @@ import torch
 from torch_selfattn._library import _SUPPORTED_DTYPES, _has_kernel
 
 # Query rows per block: one block of scores is ROW_BLOCK × S per head.
-ROW_BLOCK = 256
+ROW_BLOCK = 128
 
 
 def _selection(selection, size, name):
@@ -86,11 +86,14 @@ def _causal_rows(rows, keys):
 
 
 def _add_mask(scores, mask):
+    """scores + mask, in place: a block of scores is the loop's largest temporary."""
     if mask is None:
         return scores
+    # A mask with more batch dims than q and k widens the scores first.
+    scores = scores.expand(torch.broadcast_shapes(scores.shape, mask.shape)).contiguous()
     if mask.dtype == torch.bool:
-        return scores.masked_fill(~mask, float("-inf"))
-    return scores + mask.to(scores.dtype)
+        return scores.masked_fill_(~mask, float("-inf"))
+    return scores.add_(mask.to(scores.dtype))
 
 
 def _as_4d(t, batch):
@@ -170,7 +173,7 @@ def attention_weights(query, key, attn_mask=None, is_causal=False, scale=None, h
     k_t = k.to(product_dtype).transpose(-2, -1)
     for start in range(0, q.shape[-2], ROW_BLOCK):
         block = slice(start, start + ROW_BLOCK)
-        scores = torch.matmul(q[..., block, :].to(product_dtype), k_t).to(compute_dtype) * scale
+        scores = torch.matmul(q[..., block, :].to(product_dtype), k_t).to(compute_dtype).mul_(scale)
         if is_causal:
             scores = _add_mask(scores, _causal_rows(rows_at[block], keys))
         elif mask is not None:
