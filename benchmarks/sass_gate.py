@@ -19,8 +19,9 @@ Instructions per HMMA track speed: FlashAttention-2's sm_80 loops run 3.6
 a kernel has not reached its target yet, its limit holds what it reaches,
 so that no change makes it worse.
 
-Needs nvcc and cuobjdump (pip install nvidia-cuda-cuobjdump==13.2.86 where
-the toolkit lacks it). CI runs it (.ci/run); its table, from one run and
+Needs nvcc, cuobjdump and the nvdisasm it runs (pip install
+nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86 where the
+toolkit lacks them). CI runs it (.ci/run); its table, from one run and
 naming the machine, is benchmarks/results/sass_sm80.md.
 usage: benchmarks/sass_gate.py [--jobs N] [--out FILE]
 """
@@ -77,6 +78,15 @@ def find_tool(name):
              + (" or pip install nvidia-cuda-cuobjdump==13.2.86" if name == "cuobjdump" else ""))
 
 
+def disassemble(cuobjdump, obj):
+    """The object's SASS; cuobjdump runs nvdisasm, which a toolkit may lack."""
+    done = subprocess.run([cuobjdump, "-sass", obj], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"sass_gate: cuobjdump -sass failed for {os.path.basename(obj)}:\n{done.stderr.strip()}\n"
+                 "(where nvdisasm is missing: pip install nvidia-cuda-nvdisasm==13.2.86)")
+    return done.stdout
+
+
 def compile_head_dim(nvcc, cuobjdump, head_dim, workdir):
     source = os.path.join(workdir, f"fast_paths_{head_dim}.cu")
     with open(source, "w") as f:
@@ -86,8 +96,7 @@ def compile_head_dim(nvcc, cuobjdump, head_dim, workdir):
                           capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"sass_gate: nvcc failed for head dim {head_dim}:\n{done.stderr}")
-    sass = subprocess.run([cuobjdump, "-sass", obj], capture_output=True, text=True, check=True).stdout
-    return done.stderr, sass
+    return done.stderr, disassemble(cuobjdump, obj)
 
 
 def ptxas_usage(log):

@@ -27,8 +27,8 @@ build's nvcc flags and checks, per kernel (fp16 and bf16 at each head dim):
   as they are): benchmarks/hopper_fragment_layouts.cu, compiled for the host
   and run.
 
-Needs nvcc, cuobjdump (pip install nvidia-cuda-cuobjdump==13.2.86 where the
-toolkit lacks it) and the CUTLASS headers setup.py finds (pip install
+Needs nvcc, cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump==13.2.86
+nvidia-cuda-nvdisasm==13.2.86 where the toolkit lacks them) and the CUTLASS headers setup.py finds (pip install
 nvidia-cutlass==4.2.0.0). CI runs it (.ci/run); its table, from one run and
 naming the machine, is benchmarks/results/sass_sm90a.md.
 usage: benchmarks/sass_gate_hopper.py [--jobs N] [--out FILE]
@@ -40,8 +40,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sass_gate import (ROOT, compile_head_dims, gate_arguments, machine_line, ptxas_usage,  # noqa: E402
-                       report, sass_functions)
+from sass_gate import (ROOT, compile_head_dims, disassemble, gate_arguments, machine_line,  # noqa: E402
+                       ptxas_usage, report, sass_functions)
 
 sys.path.insert(0, ROOT)
 import setup  # noqa: E402  (setup.py: only its helpers; setup() runs as __main__ alone)
@@ -70,8 +70,7 @@ def compile_head_dim(nvcc, cuobjdump, head_dim, workdir):
     done = subprocess.run([nvcc, *nvcc_flags(), "-c", source, "-o", obj], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"sass_gate_hopper: nvcc failed for head dim {head_dim}:\n{done.stderr}")
-    sass = subprocess.run([cuobjdump, "-sass", obj], capture_output=True, text=True, check=True).stdout
-    return done.stderr, sass
+    return done.stderr, disassemble(cuobjdump, obj)
 
 
 def check_fragment_layouts(nvcc, failures):
