@@ -1,11 +1,10 @@
 // The float softmax loops in AVX-512 intrinsics. The portable loops of
-// vector_ops.cpp, compiled for AVX-512, spent ~45 instructions on the exp of
-// 16 scores: GCC turned vector_exp's clamps and its two-step scaling by 2ⁿ
-// into blends and integer shifts. Here the scaling is one vscalefps, which
-// also rounds an overflow to inf, and the flush of tiny results is its zero
-// mask: 17 instructions. The exp computes vector_exp's values
-// (exp_constants: the same reduction and polynomial, the same operations),
-// and a tail of n % 16 elements runs as a masked vector, not as scalars.
+// vector_ops.cpp, compiled for AVX-512, turn vector_exp2's clamps and its
+// two-step scaling by 2ⁿ into blends and integer shifts. Here the scaling is
+// one vscalefps, which also rounds an overflow to inf, and the flush of tiny
+// results is its zero mask. The values are vector_exp2's (exp_constants: the
+// same polynomial, the same operations), and a tail of n % 16 elements runs
+// as a masked vector, not as scalars.
 #include "cpu/softmax_avx512.h"
 
 #include <immintrin.h>
@@ -31,37 +30,19 @@ SELFATTN_AVX512 inline __m512 load(const float* x, __mmask16 mask) {
   return _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), mask, x);
 }
 
-SELFATTN_AVX512 inline __m512 exp(__m512 x) {
-  using namespace exp_constants;
-  const __m512 round = _mm512_set1_ps(12582912.0f);  // 1.5·2²³, as in vector_exp
-  // x ≥ kFlushBelow, or NaN: the lanes whose result is not flushed to 0. The
-  // flushed lanes need no lower clamp: whatever they compute is masked out.
-  const __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kFlushBelow), _CMP_NLT_UQ);
-  // min returns its second operand when one is NaN: x, here.
-  const __m512 xc = _mm512_min_ps(_mm512_set1_ps(kClampAbove), x);
-  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(kLog2e), round), round);
-  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-kLn2High), xc);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(-kLn2Low), r);
-  __m512 p = _mm512_set1_ps(kTaylor[0]);
-  for (int i = 1; i < 8; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kTaylor[i]));
-  return _mm512_maskz_scalef_ps(kept, p, n);
-}
-
-// 2^t, for the bfloat16 probabilities, whose rounding to 8 bits leaves room
-// for a cheaper exp than the float path's: the scale, the max and log2(e)
-// fold into one multiply-add that gives t, and no reduction step follows.
-// 2^f for f = t − round(t) in [−½, ½] is a degree-6 polynomial fitted for
-// relative error (0.93 ulp in float arithmetic). Flushed to 0 below 2⁻¹²⁵
-// (no subnormal result), inf above 2¹²⁸; −inf gives 0 and NaN stays NaN.
+// vector_exp2 (vector_exp.h): the clamps, the polynomial and the flush are
+// the same; vscalefps scales by 2ⁿ, with the flush as its zero mask.
 SELFATTN_AVX512 inline __m512 exp2(__m512 t) {
-  constexpr float kPoly[7] = {1.53458124e-4f, 1.33999309e-3f, 9.61848907e-3f, 5.55032864e-2f,
-                              2.40226462e-1f, 6.93147182e-1f, 1.0f};
-  const __mmask16 kept = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-125.0f), _CMP_NLT_UQ);
-  const __m512 tc = _mm512_min_ps(_mm512_set1_ps(128.0f), t);
+  using namespace exp_constants;
+  // t ≥ kFlushBelow, or NaN: the lanes whose result is not flushed to 0. The
+  // flushed lanes need no lower clamp: whatever they compute is masked out.
+  const __mmask16 kept = _mm512_cmp_ps_mask(t, _mm512_set1_ps(kFlushBelow), _CMP_NLT_UQ);
+  // min returns its second operand when one is NaN: t, here.
+  const __m512 tc = _mm512_min_ps(_mm512_set1_ps(kClampAbove), t);
   const __m512 n = _mm512_roundscale_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(tc, n);
-  __m512 p = _mm512_set1_ps(kPoly[0]);
-  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kPoly[i]));
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
   return _mm512_maskz_scalef_ps(kept, p, n);
 }
 
@@ -103,10 +84,11 @@ SELFATTN_AVX512 float max_element(const float* x, int64_t n) {
 
 SELFATTN_AVX512 float exp_affine(float* x, int64_t n, float scale, float shift, float factor) {
   const __m512 a = _mm512_set1_ps(scale), s = _mm512_set1_ps(shift), f = _mm512_set1_ps(factor);
+  const __m512 log2e = _mm512_set1_ps(exp_constants::kLog2e);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += kLanes) {
     const __mmask16 mask = tail_mask(n - i);
-    const __m512 e = exp(_mm512_fmsub_ps(load(x + i, mask), a, s));
+    const __m512 e = exp2(_mm512_mul_ps(_mm512_fmsub_ps(load(x + i, mask), a, s), log2e));
     sum = _mm512_add_ps(sum, e);
     _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(e, f));
   }

@@ -1,19 +1,25 @@
-// exp for `#pragma omp simd` loops.
+// exp(x·scale − shift) for `#pragma omp simd` loops: the softmax's
+// probabilities, a score scale and a row max (or logsumexp) applied.
 //
 // float: our own, branch-free, so that every lane takes the same path. glibc's
 // vector expf (libmvec) sends any lane that is −inf, or that underflows, to
 // the scalar expf one element at a time, and masked scores are −inf: at
-// L = 128 causal that path took a third of the forward. Cody-Waite range
-// reduction to |r| ≤ ln2/2, then a degree-7 Taylor polynomial (truncation
-// error 5e-9, below half an ulp) and a scale by 2ⁿ built from the exponent
-// bits (in two halves, so that overflow to inf is rounded as the hardware
-// rounds a product). Measured: within 0.92 ulp of the exact value.
+// L = 128 causal that path took a third of the forward. It is 2^t for
+// t = (x·scale − shift)·log2 e, where the row's max gives t = 0 and exactly 1
+// (a softmax over one key is exactly 1 then, as std::exp gives): 2^f for
+// f = t − round(t) in [−½, ½] is a degree-6 polynomial fitted for relative
+// error (0.93 ulp in float arithmetic), times 2^round(t) from the exponent
+// bits, in two halves so that overflow to inf rounds as one product would
+// (as vscalefps does: softmax_avx512.cpp computes the same values). Against
+// the Cody-Waite reduction and degree-7 polynomial it replaced, it takes
+// about 18 vector operations instead of 25; the rounding of t costs a
+// relative |t|·2⁻²⁴, which for probabilities (t ≤ 0, largest term 1) is at
+// most 2.2e-8 absolute.
 //
-// Results below exp(-87) = 1.6e-38 are flushed to 0: a product that
-// underflows to a subnormal costs a microcode assist of ~100 cycles, and a
-// masked score would pay it in every lane. No softmax sum can tell (the
-// largest term is 1). −inf gives 0, +inf gives inf and NaN stays NaN, as
-// from std::exp.
+// Results below 2⁻¹²⁵ are flushed to 0: a product that underflows to a
+// subnormal costs a microcode assist of ~100 cycles, and a masked score
+// would pay it in every lane. No softmax sum can tell. −inf gives 0, +inf
+// gives inf and NaN stays NaN, as from std::exp.
 //
 // double: GCC vectorises calls to exp only when glibc's headers mark it as
 // having a vector variant, and they do that only under -ffast-math, which the
@@ -39,35 +45,60 @@ inline float exp2_of_integer(int32_t k) {
   return f;
 }
 
-// The constants of the float exp, shared with its AVX-512 form
-// (softmax_avx512.cpp), which computes the same values.
+// The constants of the float exp, shared with its AVX-512 form.
 namespace exp_constants {
 constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2High = 0.693359375f;  // 9 significant bits: n·kLn2High is exact
-constexpr float kLn2Low = -2.12194440e-4f;
-constexpr float kFlushBelow = -87.0f;
-constexpr float kClampAbove = 89.0f;  // exp(89) overflows, so clamping there changes no result
-// The Taylor coefficients 1/7! … 1/0!, highest first.
-constexpr float kTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+constexpr float kFlushBelow = -125.0f;  // t below this gives 0
+constexpr float kClampAbove = 128.0f;   // 2^128 overflows, so clamping there changes no result
+// 2^f on [−½, ½], highest power first.
+constexpr float kExp2Poly[7] = {1.53458124e-4f, 1.33999309e-3f, 9.61848907e-3f, 5.55032864e-2f,
+                                2.40226462e-1f, 6.93147182e-1f, 1.0f};
 }  // namespace exp_constants
 
-inline float vector_exp(float x) {
+inline float vector_exp2(float t) {
   using namespace exp_constants;
   constexpr float kRound = 12582912.0f;  // 1.5·2²³: adding it rounds to an integer
-  // Clamping at kFlushBelow keeps the masked lanes from underflowing. A NaN
+  // Clamping at kFlushBelow keeps the flushed lanes' products normal. A NaN
   // passes through both comparisons and every operation below.
-  float xc = x < kFlushBelow ? kFlushBelow : x;  // one max and one min each, as written
-  xc = xc > kClampAbove ? kClampAbove : xc;
-  const float n = (xc * kLog2e + kRound) - kRound;
-  const float r = std::fma(n, -kLn2Low, std::fma(n, -kLn2High, xc));
-  float p = kTaylor[0];
-  for (int i = 1; i < 8; ++i) p = std::fma(p, r, kTaylor[i]);
+  float tc = t < kFlushBelow ? kFlushBelow : t;
+  tc = tc > kClampAbove ? kClampAbove : tc;
+  const float n = (tc + kRound) - kRound;
+  const float f = tc - n;
+  float p = kExp2Poly[0];
+  // Inside a target_clones function GCC leaves this loop rolled, and the
+  // loop around the exp then does not vectorise (seen on AVX2: scalar code).
+#pragma GCC unroll 7
+  for (int i = 1; i < 7; ++i) p = std::fma(p, f, kExp2Poly[i]);
   const auto k = static_cast<int32_t>(n);
   const int32_t half = k >> 1;
   const float e = p * exp2_of_integer(half) * exp2_of_integer(k - half);
-  return x < kFlushBelow ? 0.0f : e;
+  return t < kFlushBelow ? 0.0f : e;
 }
 
-inline double vector_exp(double x) { return ::exp(x); }
+// exp(x·scale − shift) for x of the loop's type.
+template <typename T>
+class ExpAffine;
+
+template <>
+class ExpAffine<float> {
+ public:
+  ExpAffine(float scale, float shift) : scale_(scale), shift_(shift) {}
+  float operator()(float x) const {
+    return vector_exp2(std::fma(x, scale_, -shift_) * exp_constants::kLog2e);
+  }
+
+ private:
+  float scale_, shift_;
+};
+
+template <>
+class ExpAffine<double> {
+ public:
+  ExpAffine(double scale, double shift) : scale_(scale), shift_(shift) {}
+  double operator()(double x) const { return ::exp(x * scale_ - shift_); }
+
+ private:
+  double scale_, shift_;
+};
 
 }  // namespace selfattn::cpu

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/softmax_avx2.h"
 #include "cpu/softmax_avx512.h"
 #include "cpu/vector_exp.h"
 
@@ -38,10 +39,11 @@ SELFATTN_INLINE T max_element_impl(const T* x, int64_t n) {
 
 template <typename T>
 SELFATTN_INLINE T exp_affine_loop(T* x, int64_t n, T scale, T shift, T factor) {
+  const ExpAffine<T> exp(scale, shift);
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
-    const T e = vector_exp(x[i] * scale - shift);
+    const T e = exp(x[i]);
     sum += e;
     x[i] = e * factor;
   }
@@ -77,13 +79,16 @@ SELFATTN_INLINE uint16_t bfloat16_bits(float x) {
 // single loop, the compiler's mix of 32- and 16-bit lanes ran at half width.
 SELFATTN_INLINE float exp_scaled_to_bfloat16_impl(const float* x, int64_t n, float factor, float shift, uint16_t* y) {
   constexpr int64_t kChunk = 256;
+  // The factor and the shift folded into one multiply-add, as in
+  // softmax_avx512.cpp: bfloat16's rounding hides what the fold costs.
+  const float a = factor * exp_constants::kLog2e, b = shift * exp_constants::kLog2e;
   float e[kChunk];
   float sum = 0;
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t m = std::min(kChunk, n - i0);
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < m; ++i) {
-      e[i] = vector_exp(x[i0 + i] * factor - shift);
+      e[i] = vector_exp2(std::fma(x[i0 + i], a, -b));
       sum += e[i];
     }
 #pragma omp simd
@@ -246,8 +251,8 @@ const char* vector_ops_level() {
   return "baseline";
 }
 
-// The float softmax loops: softmax_avx512.cpp's where the CPU runs them, the
-// clones below elsewhere.
+// The float softmax loops: softmax_avx512.cpp's or softmax_avx2.cpp's where
+// the CPU runs them, the clones below elsewhere.
 namespace {
 SELFATTN_CLONED float max_element_cloned(const float* x, int64_t n) { return max_element_impl(x, n); }
 SELFATTN_CLONED float exp_affine_cloned(float* x, int64_t n, float scale, float shift, float factor) {
@@ -264,11 +269,13 @@ SELFATTN_CLONED float exp_scaled_to_bfloat16_cloned(const float* x, int64_t n, f
 }  // namespace
 
 float max_element(const float* x, int64_t n) {
-  return avx512::available() ? avx512::max_element(x, n) : max_element_cloned(x, n);
+  if (avx512::available()) return avx512::max_element(x, n);
+  return avx2::available() ? avx2::max_element(x, n) : max_element_cloned(x, n);
 }
 float exp_affine(float* x, int64_t n, float scale, float shift, float factor) {
-  return avx512::available() ? avx512::exp_affine(x, n, scale, shift, factor)
-                             : exp_affine_cloned(x, n, scale, shift, factor);
+  if (avx512::available()) return avx512::exp_affine(x, n, scale, shift, factor);
+  return avx2::available() ? avx2::exp_affine(x, n, scale, shift, factor)
+                           : exp_affine_cloned(x, n, scale, shift, factor);
 }
 void round_to_bfloat16(const float* x, uint16_t* y, int64_t n) {
   return avx512::available() ? avx512::round_to_bfloat16(x, y, n) : round_to_bfloat16_cloned(x, y, n);
@@ -335,9 +342,10 @@ SELFATTN_CLONED void widen_bfloat16(const uint16_t* x, float* y, int64_t n) {
 }
 
 // c10::Half's conversion is a scalar bit manipulation, which no loop
-// vectorises; the AVX-512 one converts 16 at a time (vcvtph2ps).
+// vectorises; vcvtph2ps converts 16 (AVX-512) or 8 (F16C) at a time.
 void widen_half(const uint16_t* x, float* y, int64_t n) {
   if (avx512::available()) return avx512::widen_half(x, y, n);
+  if (avx2::available()) return avx2::widen_half(x, y, n);
   for (int64_t i = 0; i < n; ++i) y[i] = c10::detail::fp16_ieee_to_fp32_value(x[i]);
 }
 
