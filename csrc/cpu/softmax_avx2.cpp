@@ -1,8 +1,9 @@
 // The float softmax loops in AVX2 intrinsics. Compiled for AVX2 from the
 // portable loops, GCC spent 38 instructions on the exp of 8 scores, most of
 // them blends and masks for vector_exp2's clamps; here the clamps are a max
-// and a min (which pass a NaN through) and the exp takes 24. A tail of
-// n % 8 elements runs as a masked vector, not as scalars.
+// and a min (which pass a NaN through), 2ⁿ is an integer add, and the exp
+// takes 15. A tail of n % 8 elements runs as a masked vector, not as
+// scalars.
 #include "cpu/softmax_avx2.h"
 
 #include <immintrin.h>
