@@ -27,8 +27,9 @@ build's nvcc flags and checks, per kernel (fp16 and bf16 at each head dim):
   as they are): benchmarks/hopper_fragment_layouts.cu, compiled for the host
   and run.
 
-Needs nvcc, cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump==13.2.86
-nvidia-cuda-nvdisasm==13.2.86 where the toolkit lacks them) and the CUTLASS headers setup.py finds (pip install
+Needs nvcc, cuobjdump and nvdisasm (pip install
+nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86 where the
+toolkit lacks them) and the CUTLASS headers setup.py finds (pip install
 nvidia-cutlass==4.2.0.0). CI runs it (.ci/run); its table, from one run and
 naming the machine, is benchmarks/results/sass_sm90a.md.
 usage: benchmarks/sass_gate_hopper.py [--jobs N] [--out FILE]

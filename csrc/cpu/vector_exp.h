@@ -10,11 +10,11 @@
 // f = t − round(t) in [−½, ½] is a degree-6 polynomial fitted for relative
 // error (0.93 ulp in float arithmetic), times 2^round(t) from the exponent
 // bits, in two halves so that overflow to inf rounds as one product would
-// (as vscalefps does: softmax_avx512.cpp computes the same values). Against
-// the Cody-Waite reduction and degree-7 polynomial it replaced, it takes
-// about 18 vector operations instead of 25; the rounding of t costs a
-// relative |t|·2⁻²⁴, which for probabilities (t ≤ 0, largest term 1) is at
-// most 2.2e-8 absolute.
+// (as vscalefps does: softmax_avx512.cpp and softmax_avx2.cpp compute the
+// same values). Against the Cody-Waite reduction and degree-7 polynomial it
+// replaced, it takes about 18 vector operations instead of 25; the rounding
+// of t costs a relative |t|·2⁻²⁴, which for probabilities (t ≤ 0, largest
+// term 1) is at most 2.2e-8 absolute.
 //
 // Results below 2⁻¹²⁵ are flushed to 0: a product that underflows to a
 // subnormal costs a microcode assist of ~100 cycles, and a masked score
@@ -45,7 +45,7 @@ inline float exp2_of_integer(int32_t k) {
   return f;
 }
 
-// The constants of the float exp, shared with its AVX-512 form.
+// The constants of the float exp, shared with its AVX-512 and AVX2 forms.
 namespace exp_constants {
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kFlushBelow = -125.0f;  // t below this gives 0
