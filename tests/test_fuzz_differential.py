@@ -65,19 +65,28 @@ def test_broadcast_key_value_gradients_round_once():
 
 
 SCALAR_BIAS = Mask("float32", (1, 1, 1), (), requires_grad=True)
+TILE_GEMM = torch_selfattn.build_info()["tile_gemm"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="known deviation: the gradient of a float32 bias broadcast over every dim is exactly 0, a "
-                   "sum of dS = P ∘ (Z ∘ dP − D) over every score; D rounded to float32 leaves up to 1.7x the "
-                   "rounding floor")
+def bias_floor_deviation(*products):
+    """Which tile products leave the case above its bound: its rounding is
+    their rounding (measured with each: MKL on Zen 2, our AVX2 products, the
+    portable loops)."""
+    return pytest.mark.xfail(TILE_GEMM in products, strict=True, raises=AssertionError,
+                             reason="known deviation: the gradient of a float32 bias broadcast over every dim is "
+                             "exactly 0, a sum of dS = P ∘ (Z ∘ dP − D) over every score; D rounded to float32 "
+                             "leaves up to 1.7x the rounding floor")
+
+
 @pytest.mark.parametrize("case,dropout_p", [
-    (Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=2, enable_gqa=True, L=117, S=512, E=1, Ev=128,
-          layouts=("contiguous", "strided", "contiguous"), mask=SCALAR_BIAS, seed=675290), 0.0),
-    (Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=1, enable_gqa=False, L=27, S=511, E=32, Ev=32,
-          layouts=("contiguous",) * 3, mask=Mask("float32", (1, 1), (), requires_grad=True), scale=1.0,
-          head_dim_present=False), 0.9),
-], ids=["no_dropout", "dropout_0.9"])
+    pytest.param(Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=2, enable_gqa=True, L=117, S=512, E=1,
+                      Ev=128, layouts=("contiguous", "strided", "contiguous"), mask=SCALAR_BIAS, seed=675290), 0.0,
+                 marks=bias_floor_deviation("blas", "avx2"), id="no_dropout"),
+    pytest.param(Case(dtype="float32", batch=(), kv_batch=(), heads=1, groups=1, enable_gqa=False, L=27, S=511, E=32,
+                      Ev=32, layouts=("contiguous",) * 3, mask=Mask("float32", (1, 1), (), requires_grad=True),
+                      scale=1.0, head_dim_present=False), 0.9,
+                 marks=bias_floor_deviation("blas"), id="dropout_0.9"),
+])
 def test_scalar_bias_gradient_rounds_within_the_floor(case, dropout_p):
     # Found by the fuzzer's soak: 4.9e-6 and 6.7e-6 against a bound of 3.9e-6.
     q, k, v, mask = case.tensors()

@@ -93,7 +93,7 @@ BackwardOutputs attention_backward_cpu(const at::Tensor& grad_output, const at::
   return {grad_query, grad_key, grad_value, grad_mask};
 }
 
-std::string cpu_tile_gemm() { return cpu::tile_gemm_uses_blas() ? "blas" : "portable"; }
+std::string cpu_tile_gemm() { return cpu::tile_gemm_kind(); }
 
 std::vector<std::string> cpu_kernel_paths() {
   return {cpu::vector_ops_level(),

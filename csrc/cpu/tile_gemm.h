@@ -23,8 +23,10 @@ template <typename T>
 void gemm_atb(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
               T alpha = T(1), T beta = T(1));
 
-// Whether the products run on the BLAS that PyTorch itself links (MKL on x86
-// wheels) or on the portable loops; reported by torch_selfattn.build_info().
-bool tile_gemm_uses_blas();
+// Where the float products run: "avx2" (gemm_avx2.h, on AVX2 CPUs without
+// AVX-512), "blas" (the BLAS PyTorch itself links: MKL on x86 wheels) or
+// "portable" (the loops); reported by torch_selfattn.build_info(). Double
+// products run on the BLAS where there is one.
+const char* tile_gemm_kind();
 
 }  // namespace selfattn::cpu

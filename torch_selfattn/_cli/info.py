@@ -34,7 +34,8 @@ def report():
     info = build_info()
     archs = info["cuda_archs"]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
-    tile_gemm = {"blas": "blas (the BLAS PyTorch links)", "portable": "portable (our own loops)"}
+    tile_gemm = {"avx2": "avx2 (our own AVX2 products)", "blas": "blas (the BLAS PyTorch links)",
+                 "portable": "portable (our own loops)"}
     return [
         f"torch-selfattn {__version__}",
         f"  library        {info['library']}",
