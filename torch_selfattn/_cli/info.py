@@ -48,7 +48,9 @@ def report():
         f"transformers {_version('transformers')}, matplotlib {_version('matplotlib')}, tqdm {_version('tqdm')}",
         f"CPU              {cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads",
-        f"CPU ISA in use   {torch.backends.cpu.get_cpu_capability()} in PyTorch and its BLAS (our tile products); "
-        f"{info['vector_loops']} in our vectorised loops",
+        f"CPU ISA in use   {torch.backends.cpu.get_cpu_capability()} in PyTorch and its BLAS"
+        f"{' (our tile products)' if info['tile_gemm'] == 'blas' else ''}; "
+        f"{info['vector_loops']} in our vectorised loops"
+        f"{' and tile products' if info['tile_gemm'] == 'avx2' else ''}",
         f"CUDA             torch built with {torch.version.cuda or 'no CUDA'}; GPU: {gpu}",
     ]
