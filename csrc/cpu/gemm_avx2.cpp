@@ -151,7 +151,8 @@ float* packing_buffer(int64_t floats) {
   thread_local std::unique_ptr<float, Release> buffer;
   thread_local int64_t capacity = 0;
   if (floats > capacity) {
-    buffer.reset(static_cast<float*>(::operator new[](static_cast<size_t>(floats) * sizeof(float), std::align_val_t{64})));
+    const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+    buffer.reset(static_cast<float*>(::operator new[](bytes, std::align_val_t{64})));
     capacity = floats;
   }
   return buffer.get();
