@@ -13,9 +13,10 @@
 #include <memory>
 #include <new>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#include "cpu/avx2_target.h"
+#include "cpu/softmax_avx2.h"
 
-#define SELFATTN_AVX2 __attribute__((target("avx2,fma")))
+#if defined(__x86_64__) && defined(__GNUC__)
 
 namespace selfattn::cpu::avx2 {
 namespace {
@@ -87,12 +88,6 @@ void pack_panels(const float* b, int64_t ldb, bool b_transposed, int64_t k, int6
   }
 }
 
-// The lanes of columns [8·half, 8·half + 8) that lie below `cols`.
-SELFATTN_AVX2 inline __m256i column_mask(int64_t cols, int half) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - 8 * half)), lane);
-}
-
 // C = alpha·acc + beta·C on one vector of C; beta = 0 leaves C unread.
 SELFATTN_AVX2 inline __m256 combine(__m256 acc, const float* c, __m256i mask, bool full, float alpha, float beta) {
   const __m256 scaled = _mm256_mul_ps(acc, _mm256_set1_ps(alpha));
@@ -121,7 +116,7 @@ SELFATTN_AVX2 void micro_kernel(const float* a, int64_t row_step, int64_t inner_
     }
   }
   const bool full = cols == kCols;
-  const __m256i mask0 = column_mask(cols, 0), mask1 = column_mask(cols, 1);
+  const __m256i mask0 = tail_mask(cols), mask1 = tail_mask(cols - 8);
 #pragma GCC unroll 6
   for (int r = 0; r < kBlockRows; ++r) {
     float* c_r = c + r * ldc;
@@ -161,9 +156,8 @@ float* packing_buffer(int64_t floats) {
 }  // namespace
 
 bool gemm_available() {
-  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                !__builtin_cpu_supports("avx512f");
-  return available;
+  static const bool yes = available() && !__builtin_cpu_supports("avx512f");
+  return yes;
 }
 
 void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, bool a_transposed, const float* b,

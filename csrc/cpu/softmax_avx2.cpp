@@ -8,25 +8,17 @@
 
 #include <immintrin.h>
 
-#include <algorithm>
 #include <limits>
 
+#include "cpu/avx2_target.h"
 #include "cpu/vector_exp.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
-
-#define SELFATTN_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace selfattn::cpu::avx2 {
 namespace {
 
 constexpr int64_t kLanes = 8;
-
-// All-ones in the lanes below `left` (capped at 8).
-SELFATTN_AVX2 inline __m256i tail_mask(int64_t left) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(left, kLanes))), lane);
-}
 
 // Lanes past the mask read as −inf, whose exp is 0 and which no max sees.
 SELFATTN_AVX2 inline __m256 load(const float* x, __m256i mask) {

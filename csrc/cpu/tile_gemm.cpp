@@ -33,13 +33,16 @@ bool have_blas(const float*) { return sgemm_ != nullptr && !blas_disabled_by_env
 bool have_blas(const double*) { return dgemm_ != nullptr && !blas_disabled_by_env(); }
 
 // Float products on an AVX2 CPU without AVX-512 run our own (gemm_avx2.h):
-// MKL's take 1.2-1.6x as long there on the attention's tiles. Returns
-// whether it ran the product.
+// MKL's take 1.16-1.50x as long there on the attention's tiles
+// (benchmarks/results/tile_products.md).
+bool have_avx2_gemm() { return avx2::gemm_available() && !blas_disabled_by_env(); }
+
+// Runs the product on gemm_avx2 where it applies; returns whether it did.
 template <typename T>
 bool avx2_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, bool a_transposed, const T* b, int64_t ldb,
                bool b_transposed, T* c, int64_t ldc, T alpha, T beta) {
   if constexpr (std::is_same_v<T, float>) {
-    if (avx2::gemm_available() && !blas_disabled_by_env()) {
+    if (have_avx2_gemm()) {
       avx2::gemm(m, n, k, a, lda, a_transposed, b, ldb, b_transposed, c, ldc, alpha, beta);
       return true;
     }
@@ -135,8 +138,7 @@ void gemm_atb(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T*
 }
 
 const char* tile_gemm_kind() {
-  if (blas_disabled_by_env()) return "portable";
-  if (avx2::gemm_available()) return "avx2";
+  if (have_avx2_gemm()) return "avx2";
   return have_blas(static_cast<const float*>(nullptr)) ? "blas" : "portable";
 }
 

@@ -1,5 +1,6 @@
-// Checks csrc/cpu/gemm_avx2.cpp on its own, built without torch
-// (tests/test_gemm_avx2.py compiles and runs it): every layout of A and B,
+// Checks csrc/cpu/gemm_avx2.cpp on its own, built without torch beside the
+// AVX2 loops whose CPU check it shares (tests/test_gemm_avx2.py compiles and
+// runs it): every layout of A and B,
 // shapes across its 6 × 16 blocks, packed blocks and the growth of its
 // packing buffer, k = 0, alpha and beta, against a double-precision sum;
 // columns past n and the padding of C untouched; and the promise of its
