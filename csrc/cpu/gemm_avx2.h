@@ -1,16 +1,18 @@
 // Float tile products written for AVX2 with FMA, for CPUs without AVX-512.
-// On Zen 2, MKL's products for the attention tiles (k = 32 to 512, a few
-// hundred rows and columns) reach 65-72% of the FMA peak; these reach more
-// (benchmarks/results/cpu.md). tile_gemm.cpp calls them where
-// gemm_available() holds; the results differ from MKL's in rounding only.
+// On Zen 2, one thread, MKL's products on the attention's tiles (a few
+// hundred rows and columns, k = 32 to 256) reach 54-72% of the FMA peak and
+// these 79-94% (benchmarks/results/tile_products.md). tile_gemm.cpp calls
+// them where gemm_available() holds; the results differ from MKL's in
+// rounding only.
 #pragma once
 
 #include <cstdint>
 
 namespace selfattn::cpu::avx2 {
 
-// Whether this CPU has AVX2 and FMA and no AVX-512: where MKL runs its
-// generic AVX2 products, and these are faster.
+// Whether this CPU runs the AVX2 loops (avx2::available(), softmax_avx2.h)
+// and has no AVX-512: where MKL runs its generic AVX2 products, and these
+// are faster.
 bool gemm_available();
 
 // C[m×n] = alpha·op(A)·op(B) + beta·C, row-major, where op(A)(i, p) is

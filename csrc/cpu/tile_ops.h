@@ -29,7 +29,8 @@ namespace selfattn::cpu {
 // the tile (PyTorch's kernel takes 256 rows too from L = 768). A score tile
 // of 256 × 256 floats (256 KiB) leaves room in a 512 KiB L2 for the
 // operands beside it: with 512 keys (PyTorch's choice), the float
-// forward+backward ran 3-7% slower on Zen 2, the forward within 2%.
+// forward+backward ran 3-7% slower on Zen 2, the forward within 2% (an A/B
+// of three shapes through bench_cpu.py's bench_config).
 constexpr int64_t kQueryTile = 256;
 constexpr int64_t kKeyTile = 256;
 
